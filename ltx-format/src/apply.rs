@@ -61,7 +61,9 @@ impl Applier {
         let mut dec = Decoder::new(r)?;
         let h = *dec.header();
         if h != *expect {
-            return Err(Error::Usage("file changed between verification and apply".into()));
+            return Err(Error::Usage(
+                "file changed between verification and apply".into(),
+            ));
         }
         let db_len = self.db.seek(SeekFrom::End(0))?;
         if let Some(ps) = self.page_size {
@@ -118,7 +120,8 @@ impl Applier {
         let ps = h.page_size.as_usize();
         let mut page = vec![0u8; ps];
         while let Some(pgno) = dec.next_page(&mut page)? {
-            self.db.seek(SeekFrom::Start(u64::from(pgno - 1) * ps as u64))?;
+            self.db
+                .seek(SeekFrom::Start(u64::from(pgno - 1) * ps as u64))?;
             self.db.write_all(&page)?;
         }
         let trailer = dec

@@ -135,7 +135,11 @@ pub fn checksum_database<R: Read>(mut r: R) -> Result<(Checksum, u32)> {
 /// The database checksum of a file of `page_size` pages, whatever its content
 /// (the page size is known, e.g. from an LTX header). `head` holds bytes
 /// already read from the start of the file; `r` yields the rest.
-pub fn checksum_pages<R: Read>(head: &[u8], mut r: R, page_size: PageSize) -> Result<(Checksum, u32)> {
+pub fn checksum_pages<R: Read>(
+    head: &[u8],
+    mut r: R,
+    page_size: PageSize,
+) -> Result<(Checksum, u32)> {
     let first = head;
     let n = head.len();
     let ps = page_size.as_usize();
@@ -154,17 +158,15 @@ pub fn checksum_pages<R: Read>(head: &[u8], mut r: R, page_size: PageSize) -> Re
         if filled < ps {
             return Err(Error::invalid(
                 Rule::Database,
-                format!(
-                    "database ends with a partial page: {filled} of {ps} bytes of page {pgno}"
-                ),
+                format!("database ends with a partial page: {filled} of {ps} bytes of page {pgno}"),
             ));
         }
         if pgno != lock {
             sum.toggle_page(pgno, &page);
         }
-        pgno = pgno.checked_add(1).ok_or_else(|| {
-            Error::invalid(Rule::Database, "database has more than 2^32-1 pages")
-        })?;
+        pgno = pgno
+            .checked_add(1)
+            .ok_or_else(|| Error::invalid(Rule::Database, "database has more than 2^32-1 pages"))?;
         filled = 0;
     }
     Ok((sum.value(), pgno - 1))
@@ -207,7 +209,10 @@ mod tests {
             db(&[vec![1; 512], vec![2; 512], vec![3; 512]]),
             0xefffffffecd99000
         );
-        assert_eq!(db(&[vec![b'2'; 1024], vec![b'3'; 1024]]), 0xe1899b6d587aaaaa);
+        assert_eq!(
+            db(&[vec![b'2'; 1024], vec![b'3'; 1024]]),
+            0xe1899b6d587aaaaa
+        );
         assert_eq!(db(&[vec![b'2'; 512], vec![b'3'; 512]]), 0x8b87423eeeeeeeee);
         assert_eq!(db(&[vec![b'1'; 512]]), 0xeb1a999231044ddd);
         assert_eq!(

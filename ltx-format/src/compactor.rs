@@ -59,7 +59,10 @@ pub fn compact<R: Read, W: Write>(
         if h.page_size != first.page_size {
             return Err(Error::invalid(
                 Rule::PageSizeMismatch,
-                format!("input {i} has page size {}, input 0 has {}", h.page_size, first.page_size),
+                format!(
+                    "input {i} has page size {}, input 0 has {}",
+                    h.page_size, first.page_size
+                ),
             ));
         }
         if !opts.allow_non_contiguous && !is_contiguous(prev.max_txid, h.min_txid, h.max_txid) {
@@ -78,7 +81,11 @@ pub fn compact<R: Read, W: Write>(
     }
     let tracked = !opts.no_checksum;
     if tracked {
-        if let Some((i, _)) = ins.iter().enumerate().find(|(_, x)| x.dec.header().no_checksum()) {
+        if let Some((i, _)) = ins
+            .iter()
+            .enumerate()
+            .find(|(_, x)| x.dec.header().no_checksum())
+        {
             return Err(Error::Usage(format!(
                 "cannot carry database checksums: input {i} has the NoChecksum flag; compact with no_checksum"
             )));
@@ -95,10 +102,7 @@ pub fn compact<R: Read, W: Write>(
     for inp in ins.iter_mut() {
         inp.cur = inp.dec.next_page(&mut inp.page)?;
     }
-    loop {
-        let Some(min) = ins.iter().filter_map(|x| x.cur).min() else {
-            break;
-        };
+    while let Some(min) = ins.iter().filter_map(|x| x.cur).min() {
         // The latest input holding the page wins.
         if min <= header.commit {
             let winner = ins

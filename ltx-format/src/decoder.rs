@@ -153,7 +153,9 @@ impl<R: Read> Decoder<R> {
         let frame_no = self.frames.len();
         let start = self.offset;
         let mut ph = [0u8; PAGE_HEADER_SIZE];
-        self.read_exact_at(&mut ph, || format!("truncated page header in frame {frame_no}"))?;
+        self.read_exact_at(&mut ph, || {
+            format!("truncated page header in frame {frame_no}")
+        })?;
         let pgno = u32::from_be_bytes([ph[0], ph[1], ph[2], ph[3]]);
         let flags = u16::from_be_bytes([ph[4], ph[5]]);
         if pgno == 0 {
@@ -205,8 +207,7 @@ impl<R: Read> Decoder<R> {
                 ));
             }
             self.offset += csize as u64;
-            decode_block(&self.cbuf, out)
-                .map_err(|e| e.at(start).page(pgno))?;
+            decode_block(&self.cbuf, out).map_err(|e| e.at(start).page(pgno))?;
             (PAGE_HEADER_SIZE + 4 + csize) as u64
         } else {
             let before = self.offset;
@@ -450,7 +451,10 @@ fn decode_block(block: &[u8], out: &mut [u8]) -> Result<()> {
         Ok(n) if n == out.len() => Ok(()),
         Ok(n) => Err(Error::invalid(
             Rule::PayloadSize,
-            format!("payload decompresses to {n} bytes, page size is {}", out.len()),
+            format!(
+                "payload decompresses to {n} bytes, page size is {}",
+                out.len()
+            ),
         )),
         Err(e) => Err(Error::invalid(
             Rule::Lz4Block,
@@ -483,7 +487,11 @@ pub fn decode_frame(frame: &[u8], page_size: PageSize, out: &mut [u8]) -> Result
             if frame.len() != 10 + csize {
                 return Err(Error::invalid(
                     Rule::PageIndex,
-                    format!("frame is {} bytes, its size prefix says {}", frame.len(), 10 + csize),
+                    format!(
+                        "frame is {} bytes, its size prefix says {}",
+                        frame.len(),
+                        10 + csize
+                    ),
                 )
                 .page(pgno));
             }
@@ -530,22 +538,29 @@ const LZ4_FRAME_MAGIC: u32 = 0x184D_2204;
 /// to exactly `out.len()` bytes, and consumes nothing past its end.
 fn read_lz4_frame<R: Read>(r: &mut R, out: &mut [u8]) -> Result<()> {
     let lz = |d: String| Error::invalid(Rule::Lz4Block, d);
-    let trunc = |what: &str| Error::invalid(Rule::Truncated, format!("truncated LZ4 frame ({what})"));
+    let trunc =
+        |what: &str| Error::invalid(Rule::Truncated, format!("truncated LZ4 frame ({what})"));
     let mut fixed = [0u8; 6];
     if read_full(r, &mut fixed)? < 6 {
         return Err(trunc("header"));
     }
     let magic = u32::from_le_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]);
     if magic != LZ4_FRAME_MAGIC {
-        return Err(lz(format!("LZ4 frame magic is {magic:08x}, want {LZ4_FRAME_MAGIC:08x}")));
+        return Err(lz(format!(
+            "LZ4 frame magic is {magic:08x}, want {LZ4_FRAME_MAGIC:08x}"
+        )));
     }
     let flg = fixed[4];
     let bd = fixed[5];
     if flg >> 6 != 1 {
-        return Err(lz(format!("unsupported LZ4 frame version in FLG 0x{flg:02x}")));
+        return Err(lz(format!(
+            "unsupported LZ4 frame version in FLG 0x{flg:02x}"
+        )));
     }
     if flg & 0x02 != 0 || bd & 0x8f != 0 {
-        return Err(lz(format!("reserved bits set in LZ4 frame descriptor (FLG 0x{flg:02x}, BD 0x{bd:02x})")));
+        return Err(lz(format!(
+            "reserved bits set in LZ4 frame descriptor (FLG 0x{flg:02x}, BD 0x{bd:02x})"
+        )));
     }
     let block_checksums = flg & 0x10 != 0;
     let has_content_size = flg & 0x08 != 0;
@@ -568,7 +583,9 @@ fn read_lz4_frame<R: Read>(r: &mut R, out: &mut [u8]) -> Result<()> {
     let hc = opt[extra];
     let want_hc = ((xxh32(&desc, 0) >> 8) & 0xff) as u8;
     if hc != want_hc {
-        return Err(lz(format!("LZ4 frame header checksum is {hc:02x}, want {want_hc:02x}")));
+        return Err(lz(format!(
+            "LZ4 frame header checksum is {hc:02x}, want {want_hc:02x}"
+        )));
     }
     if has_dict {
         return Err(lz("LZ4 frames with a dictionary are not used by LTX".into()));
@@ -598,7 +615,9 @@ fn read_lz4_frame<R: Read>(r: &mut R, out: &mut [u8]) -> Result<()> {
         let uncompressed = raw & 0x8000_0000 != 0;
         let len = (raw & 0x7fff_ffff) as usize;
         if len > block_max {
-            return Err(lz(format!("LZ4 frame block of {len} bytes exceeds the {block_max}-byte maximum")));
+            return Err(lz(format!(
+                "LZ4 frame block of {len} bytes exceeds the {block_max}-byte maximum"
+            )));
         }
         block.resize(len, 0);
         if read_full(r, &mut block)? < len {
@@ -616,7 +635,10 @@ fn read_lz4_frame<R: Read>(r: &mut R, out: &mut [u8]) -> Result<()> {
         let room = &mut out[filled..];
         let n = if uncompressed {
             if len > room.len() {
-                return Err(Error::invalid(Rule::PayloadSize, "payload decompresses to more than the page size"));
+                return Err(Error::invalid(
+                    Rule::PayloadSize,
+                    "payload decompresses to more than the page size",
+                ));
             }
             room[..len].copy_from_slice(&block);
             len
@@ -638,7 +660,10 @@ fn read_lz4_frame<R: Read>(r: &mut R, out: &mut [u8]) -> Result<()> {
     if filled != out.len() {
         return Err(Error::invalid(
             Rule::PayloadSize,
-            format!("payload decompresses to {filled} bytes, page size is {}", out.len()),
+            format!(
+                "payload decompresses to {filled} bytes, page size is {}",
+                out.len()
+            ),
         ));
     }
     Ok(())
@@ -652,7 +677,11 @@ fn xxh32(data: &[u8], seed: u32) -> u32 {
     const P4: u32 = 0x27D4_EB2F;
     const P5: u32 = 0x1656_67B1;
     let rd = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let round = |acc: u32, x: u32| acc.wrapping_add(x.wrapping_mul(P2)).rotate_left(13).wrapping_mul(P1);
+    let round = |acc: u32, x: u32| {
+        acc.wrapping_add(x.wrapping_mul(P2))
+            .rotate_left(13)
+            .wrapping_mul(P1)
+    };
     let mut rest = data;
     let mut h = if data.len() >= 16 {
         let mut v = [
@@ -676,11 +705,17 @@ fn xxh32(data: &[u8], seed: u32) -> u32 {
     };
     h = h.wrapping_add(data.len() as u32);
     while rest.len() >= 4 {
-        h = h.wrapping_add(rd(rest).wrapping_mul(P3)).rotate_left(17).wrapping_mul(P4);
+        h = h
+            .wrapping_add(rd(rest).wrapping_mul(P3))
+            .rotate_left(17)
+            .wrapping_mul(P4);
         rest = &rest[4..];
     }
     for &b in rest {
-        h = h.wrapping_add(u32::from(b).wrapping_mul(P5)).rotate_left(11).wrapping_mul(P1);
+        h = h
+            .wrapping_add(u32::from(b).wrapping_mul(P5))
+            .rotate_left(11)
+            .wrapping_mul(P1);
     }
     h ^= h >> 15;
     h = h.wrapping_mul(P2);
@@ -699,6 +734,9 @@ mod tests {
         assert_eq!(xxh32(b"", 0), 0x02CC_5D05);
         assert_eq!(xxh32(b"a", 0), 0x550D_7456);
         assert_eq!(xxh32(b"abc", 0), 0x32D1_53FF);
-        assert_eq!(xxh32(b"Nobody inspects the spammish repetition", 0), 0xE229_3B2F);
+        assert_eq!(
+            xxh32(b"Nobody inspects the spammish repetition", 0),
+            0xE229_3B2F
+        );
     }
 }

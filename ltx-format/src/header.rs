@@ -111,10 +111,11 @@ impl Header {
         };
         let flags = u32_at(4);
         if flags & !HEADER_FLAG_NO_CHECKSUM != 0 {
-            return Err(
-                Error::invalid(Rule::HeaderFlags, format!("invalid header flags 0x{flags:08x}"))
-                    .at(4),
-            );
+            return Err(Error::invalid(
+                Rule::HeaderFlags,
+                format!("invalid header flags 0x{flags:08x}"),
+            )
+            .at(4));
         }
         let page_size = PageSize::new(u32_at(8)).map_err(|e| e.at(8))?;
         let h = Header {
@@ -249,11 +250,17 @@ mod tests {
         let mut bad = b;
         bad[7] = 3;
         let e = Header::decode(&bad).unwrap_err();
-        assert!(e.to_string().contains("invalid header flags 0x00000003"), "{e}");
+        assert!(
+            e.to_string().contains("invalid header flags 0x00000003"),
+            "{e}"
+        );
 
         let mut snap = h;
         snap.min_txid = Txid(1);
-        assert_eq!(snap.validate().unwrap_err().rule(), Some(Rule::PreApplyChecksum));
+        assert_eq!(
+            snap.validate().unwrap_err().rule(),
+            Some(Rule::PreApplyChecksum)
+        );
 
         let mut wal = h;
         wal.wal_salt1 = 5;

@@ -149,8 +149,7 @@ pub fn read_page_index<R: Read + Seek>(r: &mut R) -> Result<(Header, PageIndex)>
         return Err(Error::invalid(Rule::PageIndex, "page index length field is wrong").at(start));
     }
     for e in &index.entries {
-        if e.offset < HEADER_SIZE as u64 || e.offset.saturating_add(e.size) > start || e.size < 6
-        {
+        if e.offset < HEADER_SIZE as u64 || e.offset.saturating_add(e.size) > start || e.size < 6 {
             return Err(Error::invalid(
                 Rule::PageIndex,
                 format!(
@@ -175,7 +174,10 @@ pub fn read_page<R: Read + Seek>(
     if entry.size > max {
         return Err(Error::invalid(
             Rule::PageIndex,
-            format!("index entry size {} exceeds the largest frame {max}", entry.size),
+            format!(
+                "index entry size {} exceeds the largest frame {max}",
+                entry.size
+            ),
         )
         .page(entry.pgno));
     }
@@ -186,7 +188,10 @@ pub fn read_page<R: Read + Seek>(
     if pgno != entry.pgno {
         return Err(Error::invalid(
             Rule::PageIndex,
-            format!("index says page {} but the frame holds page {pgno}", entry.pgno),
+            format!(
+                "index says page {} but the frame holds page {pgno}",
+                entry.pgno
+            ),
         )
         .at(entry.offset));
     }

@@ -31,8 +31,14 @@ mod tests {
         let n = format_filename(Txid(1), Txid(0xc));
         assert_eq!(n, "0000000000000001-000000000000000c.ltx");
         assert_eq!(parse_filename(&n), Some((Txid(1), Txid(0xc))));
-        assert_eq!(parse_filename("0000000000000001-000000000000000C.ltx"), None);
+        assert_eq!(
+            parse_filename("0000000000000001-000000000000000C.ltx"),
+            None
+        );
         assert_eq!(parse_filename("000000000000001-000000000000000c.ltx"), None);
-        assert_eq!(parse_filename("0000000000000001-000000000000000c.ltx.tmp"), None);
+        assert_eq!(
+            parse_filename("0000000000000001-000000000000000c.ltx.tmp"),
+            None
+        );
     }
 }

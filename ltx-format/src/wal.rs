@@ -49,11 +49,15 @@ impl WalHeader {
         let bad = |d: String| Error::invalid(Rule::Wal, d);
         let magic = be32(b, 0);
         if magic != MAGIC_LE && magic != MAGIC_BE {
-            return Err(bad(format!("WAL magic is {magic:08x}, want 377f0682 or 377f0683")));
+            return Err(bad(format!(
+                "WAL magic is {magic:08x}, want 377f0682 or 377f0683"
+            )));
         }
         let version = be32(b, 4);
         if version != WAL_VERSION {
-            return Err(bad(format!("WAL format version {version}, want {WAL_VERSION}")));
+            return Err(bad(format!(
+                "WAL format version {version}, want {WAL_VERSION}"
+            )));
         }
         let page_size = PageSize::new(be32(b, 8))
             .map_err(|_| bad(format!("WAL page size {} is invalid", be32(b, 8))))?;
@@ -107,13 +111,21 @@ pub fn wal_checksum(big_endian: bool, start: (u32, u32), data: &[u8]) -> (u32, u
     let mut chunks = data.chunks_exact(8);
     if big_endian {
         for c in &mut chunks {
-            s1 = s1.wrapping_add(u32::from_be_bytes([c[0], c[1], c[2], c[3]])).wrapping_add(s2);
-            s2 = s2.wrapping_add(u32::from_be_bytes([c[4], c[5], c[6], c[7]])).wrapping_add(s1);
+            s1 = s1
+                .wrapping_add(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .wrapping_add(s2);
+            s2 = s2
+                .wrapping_add(u32::from_be_bytes([c[4], c[5], c[6], c[7]]))
+                .wrapping_add(s1);
         }
     } else {
         for c in &mut chunks {
-            s1 = s1.wrapping_add(u32::from_le_bytes([c[0], c[1], c[2], c[3]])).wrapping_add(s2);
-            s2 = s2.wrapping_add(u32::from_le_bytes([c[4], c[5], c[6], c[7]])).wrapping_add(s1);
+            s1 = s1
+                .wrapping_add(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .wrapping_add(s2);
+            s2 = s2
+                .wrapping_add(u32::from_le_bytes([c[4], c[5], c[6], c[7]]))
+                .wrapping_add(s1);
         }
     }
     (s1, s2)
@@ -174,7 +186,10 @@ impl<R: Read> WalReader<R> {
     pub fn new(mut r: R) -> Result<Self> {
         let mut hb = [0u8; WAL_HEADER_SIZE];
         if read_full(&mut r, &mut hb)? < WAL_HEADER_SIZE {
-            return Err(Error::invalid(Rule::Wal, "WAL is shorter than its 32-byte header"));
+            return Err(Error::invalid(
+                Rule::Wal,
+                "WAL is shorter than its 32-byte header",
+            ));
         }
         let header = WalHeader::parse(&hb)?;
         Ok(WalReader {
@@ -205,7 +220,10 @@ impl<R: Read> WalReader<R> {
     pub fn next_frame(&mut self, page: &mut [u8]) -> Result<Option<WalFrameHeader>> {
         let ps = self.header.page_size.as_usize();
         if page.len() != ps {
-            return Err(Error::Usage(format!("page buffer is {} bytes, WAL page size is {ps}", page.len())));
+            return Err(Error::Usage(format!(
+                "page buffer is {} bytes, WAL page size is {ps}",
+                page.len()
+            )));
         }
         let mut fb = [0u8; WAL_FRAME_HEADER_SIZE];
         if read_full(&mut self.r, &mut fb)? < WAL_FRAME_HEADER_SIZE {
@@ -294,7 +312,13 @@ mod tests {
         let mut sum = h.checksum;
         for &(pgno, commit, fill) in frames {
             let page = vec![fill; 512];
-            let mut fh = WalFrameHeader { pgno, commit, salt1: h.salt1, salt2: h.salt2, checksum: (0, 0) };
+            let mut fh = WalFrameHeader {
+                pgno,
+                commit,
+                salt1: h.salt1,
+                salt2: h.salt2,
+                checksum: (0, 0),
+            };
             sum = wal_checksum(big_endian, sum, &fh.encode()[..8]);
             sum = wal_checksum(big_endian, sum, &page);
             fh.checksum = sum;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 //! The shared test vectors: real Litestream 0.5.17 files, reference-library
 //! files, and invalid files, read from `shared/ltx-vectors` in place.
 
@@ -54,20 +55,76 @@ fn legacy_frames_are_read() {
 #[test]
 fn invalid_vectors_are_rejected_for_the_right_reason() {
     let cases: &[(&str, Rule, &str)] = &[
-        ("payload-mid-byte.ltx", Rule::Lz4Block, "LZ4 block does not decode"),
-        ("payload-last-byte.ltx", Rule::FileChecksum, "file checksum mismatch"),
-        ("header-timestamp-byte.ltx", Rule::FileChecksum, "file checksum mismatch"),
-        ("header-flags-byte.ltx", Rule::HeaderFlags, "invalid header flags 0x00000003"),
-        ("truncated-last-byte.ltx", Rule::Truncated, "truncated page index"),
-        ("truncated-half.ltx", Rule::Truncated, "truncated size-prefixed LZ4 block in frame 96 (page 103): 15 of 69"),
-        ("trailing-garbage.ltx", Rule::UnexpectedBytes, "8 unexpected bytes before the trailer"),
-        ("short-page-payload.ltx", Rule::PayloadSize, "payload decompresses to 4095 bytes"),
-        ("snapshot-wrong-post.ltx", Rule::PostApplyChecksum, "post-apply checksum mismatch"),
-        ("strict-out-of-order.ltx", Rule::PageOrder, "page numbers must ascend"),
-        ("strict-page-beyond-commit.ltx", Rule::PageBeyondCommit, "beyond commit"),
-        ("strict-snapshot-incomplete.ltx", Rule::SnapshotIncomplete, "snapshot incomplete"),
-        ("strict-index-offset-wrong.ltx", Rule::PageIndex, "page index entry 0 differs from frame"),
-        ("strict-post-in-nochecksum.ltx", Rule::PostApplyChecksum, "must be 0 under NoChecksum"),
+        (
+            "payload-mid-byte.ltx",
+            Rule::Lz4Block,
+            "LZ4 block does not decode",
+        ),
+        (
+            "payload-last-byte.ltx",
+            Rule::FileChecksum,
+            "file checksum mismatch",
+        ),
+        (
+            "header-timestamp-byte.ltx",
+            Rule::FileChecksum,
+            "file checksum mismatch",
+        ),
+        (
+            "header-flags-byte.ltx",
+            Rule::HeaderFlags,
+            "invalid header flags 0x00000003",
+        ),
+        (
+            "truncated-last-byte.ltx",
+            Rule::Truncated,
+            "truncated page index",
+        ),
+        (
+            "truncated-half.ltx",
+            Rule::Truncated,
+            "truncated size-prefixed LZ4 block in frame 96 (page 103): 15 of 69",
+        ),
+        (
+            "trailing-garbage.ltx",
+            Rule::UnexpectedBytes,
+            "8 unexpected bytes before the trailer",
+        ),
+        (
+            "short-page-payload.ltx",
+            Rule::PayloadSize,
+            "payload decompresses to 4095 bytes",
+        ),
+        (
+            "snapshot-wrong-post.ltx",
+            Rule::PostApplyChecksum,
+            "post-apply checksum mismatch",
+        ),
+        (
+            "strict-out-of-order.ltx",
+            Rule::PageOrder,
+            "page numbers must ascend",
+        ),
+        (
+            "strict-page-beyond-commit.ltx",
+            Rule::PageBeyondCommit,
+            "beyond commit",
+        ),
+        (
+            "strict-snapshot-incomplete.ltx",
+            Rule::SnapshotIncomplete,
+            "snapshot incomplete",
+        ),
+        (
+            "strict-index-offset-wrong.ltx",
+            Rule::PageIndex,
+            "page index entry 0 differs from frame",
+        ),
+        (
+            "strict-post-in-nochecksum.ltx",
+            Rule::PostApplyChecksum,
+            "must be 0 under NoChecksum",
+        ),
     ];
     let dir = vectors().join("invalid");
     let listed: Vec<_> = ltx_files(&dir);
@@ -96,7 +153,10 @@ fn apply_chain(files: &[PathBuf]) -> (Vec<u8>, Vec<Checksum>) {
 
 fn l(level: &str, names: &[&str]) -> Vec<PathBuf> {
     let base = vectors().join("litestream/replica/ltx").join(level);
-    names.iter().map(|n| base.join(format!("{n}.ltx"))).collect()
+    names
+        .iter()
+        .map(|n| base.join(format!("{n}.ltx")))
+        .collect()
 }
 
 #[test]
@@ -118,9 +178,18 @@ fn chains_rebuild_the_source_database() {
             ]
             .concat(),
         ),
-        ("L1 chain", ltx_files(&vectors().join("litestream/replica/ltx/1"))),
-        ("L2 chain", ltx_files(&vectors().join("litestream/replica/ltx/2"))),
-        ("stamped", ltx_files(&vectors().join("go-reference/stamped"))),
+        (
+            "L1 chain",
+            ltx_files(&vectors().join("litestream/replica/ltx/1")),
+        ),
+        (
+            "L2 chain",
+            ltx_files(&vectors().join("litestream/replica/ltx/2")),
+        ),
+        (
+            "stamped",
+            ltx_files(&vectors().join("go-reference/stamped")),
+        ),
         (
             "compacted 1-14",
             vec![vectors().join("go-reference/compacted/0000000000000001-0000000000000014.ltx")],
@@ -132,13 +201,23 @@ fn chains_rebuild_the_source_database() {
                 vectors().join("go-reference/compacted/000000000000000d-0000000000000014.ltx"),
             ],
         ),
-        ("encode-db", vec![vectors().join("go-reference/compacted/encode-db-source.ltx")]),
-        ("legacy", vec![vectors().join("go-reference/legacy/legacy-frames-snapshot.ltx")]),
+        (
+            "encode-db",
+            vec![vectors().join("go-reference/compacted/encode-db-source.ltx")],
+        ),
+        (
+            "legacy",
+            vec![vectors().join("go-reference/legacy/legacy-frames-snapshot.ltx")],
+        ),
     ];
     for (name, files) in chains {
         let (db, sums) = apply_chain(&files);
         assert_eq!(db, src, "{name}");
-        assert_eq!(*sums.last().unwrap(), Checksum(0xec7d0b4286c9da50), "{name}");
+        assert_eq!(
+            *sums.last().unwrap(),
+            Checksum(0xec7d0b4286c9da50),
+            "{name}"
+        );
     }
 }
 
@@ -161,7 +240,10 @@ fn post_apply_lie_is_caught_by_apply() {
     let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     let err = apply_file(&db, &refs).unwrap_err();
     assert_eq!(err.rule(), Some(Rule::PostApplyChecksum), "{err}");
-    assert!(err.to_string().contains("post-apply checksum mismatch"), "{err}");
+    assert!(
+        err.to_string().contains("post-apply checksum mismatch"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -184,7 +266,9 @@ fn synthetic_chain_and_delete() {
         ("v5-delete.ltx", 0x8000000000000000, 0),
     ];
     for (name, sum, len) in steps {
-        let got = a.apply_path(&v.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = a
+            .apply_path(&v.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(got.checksum, Checksum(sum), "{name}");
         assert_eq!(std::fs::metadata(&db).unwrap().len(), len, "{name}");
     }
@@ -193,19 +277,23 @@ fn synthetic_chain_and_delete() {
     // v4 stands alone: a NoChecksum page-size-512 file that is not a snapshot.
     let s = verify_path(&v.join("v4-nochecksum-wal.ltx")).unwrap();
     assert_eq!(s.header.wal_offset, 32);
-    assert_eq!((s.header.wal_salt1, s.header.wal_salt2), (0x11223344, 0x55667788));
+    assert_eq!(
+        (s.header.wal_salt1, s.header.wal_salt2),
+        (0x11223344, 0x55667788)
+    );
 }
 
 #[test]
 fn gap_in_chain_names_missing_txids() {
     let l0 = ltx_files(&vectors().join("litestream/replica/ltx/0"));
-    let chain = vec![l0[0].clone(), l0[3].clone()];
+    let chain = [l0[0].clone(), l0[3].clone()];
     let dir = tempfile::tempdir().unwrap();
     let refs: Vec<&Path> = chain.iter().map(|p| p.as_path()).collect();
     let err = apply_file(&dir.path().join("x.db"), &refs).unwrap_err();
     assert_eq!(err.rule(), Some(Rule::TxidContinuity));
     assert!(
-        err.to_string().contains("0000000000000002-0000000000000003 are missing"),
+        err.to_string()
+            .contains("0000000000000002-0000000000000003 are missing"),
         "{err}"
     );
 }
@@ -214,14 +302,23 @@ fn gap_in_chain_names_missing_txids() {
 fn compacting_the_chains_equals_applying_them() {
     let src = source_db();
     let v = vectors();
-    for (dir, no_checksum) in [("litestream/replica/ltx/0", true), ("go-reference/stamped", false)] {
+    for (dir, no_checksum) in [
+        ("litestream/replica/ltx/0", true),
+        ("go-reference/stamped", false),
+    ] {
         let files = ltx_files(&v.join(dir));
         // Compact the whole chain, and the suffix d..14 (an incremental).
-        let readers: Vec<_> = files.iter().map(|p| BufReader::new(File::open(p).unwrap())).collect();
+        let readers: Vec<_> = files
+            .iter()
+            .map(|p| BufReader::new(File::open(p).unwrap()))
+            .collect();
         let (out, header, _) = compact(
             readers,
             Vec::new(),
-            CompactOptions { no_checksum, allow_non_contiguous: false },
+            CompactOptions {
+                no_checksum,
+                allow_non_contiguous: false,
+            },
         )
         .unwrap();
         assert_eq!((header.min_txid, header.max_txid), (Txid(1), Txid(0x14)));
@@ -235,9 +332,18 @@ fn compacting_the_chains_equals_applying_them() {
         let (db, _) = apply_chain(&[p]);
         assert_eq!(db, src, "{dir} compacted");
 
-        let head: Vec<_> = files[..12].iter().map(|p| BufReader::new(File::open(p).unwrap())).collect();
-        let tail: Vec<_> = files[12..].iter().map(|p| BufReader::new(File::open(p).unwrap())).collect();
-        let opts = CompactOptions { no_checksum, allow_non_contiguous: false };
+        let head: Vec<_> = files[..12]
+            .iter()
+            .map(|p| BufReader::new(File::open(p).unwrap()))
+            .collect();
+        let tail: Vec<_> = files[12..]
+            .iter()
+            .map(|p| BufReader::new(File::open(p).unwrap()))
+            .collect();
+        let opts = CompactOptions {
+            no_checksum,
+            allow_non_contiguous: false,
+        };
         let (a, _, _) = compact(head, Vec::new(), opts).unwrap();
         let (b, hb, _) = compact(tail, Vec::new(), opts).unwrap();
         assert_eq!((hb.min_txid, hb.max_txid), (Txid(0xd), Txid(0x14)));

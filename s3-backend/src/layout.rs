@@ -90,7 +90,10 @@ mod tests {
         let k = s.ltx_key(1, Txid(2), Txid(4));
         assert_eq!(k, "db/app/0001/0000000000000002-0000000000000004.ltx");
         assert_eq!(s.parse_ltx_key(&k), Some((1, Txid(2), Txid(4))));
-        assert_eq!(s.parse_ltx_key("db/app/01/0000000000000002-0000000000000004.ltx"), None);
+        assert_eq!(
+            s.parse_ltx_key("db/app/01/0000000000000002-0000000000000004.ltx"),
+            None
+        );
         assert_eq!(
             f.parse_ltx_key("ltx/0/000000000000000a-000000000000000a.ltx"),
             Some((0, Txid(10), Txid(10)))

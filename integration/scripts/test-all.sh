@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The README's test command: installs every dependency the suite needs, then
+# runs formatting and lint checks and the whole test suite (unit, property,
+# vector, CLI, and interoperability tests against the real peers).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+start=$(date +%s)
+step() { printf '\n== %s (+%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
+
+step "install dependencies"
+integration/scripts/install-deps.sh
+export SLUICE_LITESTREAM="$root/.tools/litestream-venv/bin/litestream"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build the sluice binary (the CLI tests run it)"
+cargo build --workspace --bins --locked
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "done in $(( $(date +%s) - start ))s"
