@@ -7,9 +7,9 @@
 # gitignored), runs the `decode` target, and prints the run time, the number
 # of executions and whether crashes were found.
 #
-# Environment: FUZZ_TARGET (default decode), FUZZ_JOBS (default 1),
-# SLUICE_VECTORS (default <repo>/../shared/ltx-vectors), FUZZ_MAX_LEN
-# (default 65536).
+# Environment: FUZZ_TARGET (decode, the default, or compact), FUZZ_JOBS
+# (parallel fuzzing processes, default 1), FUZZ_MAX_LEN (default 65536),
+# SLUICE_VECTORS (default <repo>/../shared/ltx-vectors).
 set -euo pipefail
 
 secs="${1:-300}"
@@ -18,6 +18,7 @@ max_len="${FUZZ_MAX_LEN:-65536}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 vectors="${SLUICE_VECTORS:-$root/../shared/ltx-vectors}"
+vectors="$(cd "$vectors" 2>/dev/null && pwd || echo "$vectors")"
 
 case "$secs" in
   ''|*[!0-9]*) echo "usage: fuzz/run.sh [SECONDS]" >&2; exit 2 ;;
@@ -51,6 +52,24 @@ if [ -d "$vectors" ]; then
       seeded=$((seeded + 1))
     fi
   done < <(find "$vectors" -name '*.ltx' -type f -print0)
+  if [ "$target" = compact ]; then
+    # The compact target splits its input at each "LTX1" after a leading
+    # options byte: seed it with runs of consecutive files of each chain.
+    while IFS= read -r -d '' dir; do
+      mapfile -t files < <(find "$dir" -maxdepth 1 -name '*.ltx' -type f | sort)
+      for ((i = 0; i + 1 < ${#files[@]}; i++)); do
+        for n in 2 3; do
+          [ $((i + n)) -le ${#files[@]} ] || continue
+          for opt in 0 1; do
+            seed="$corpus/chain-$(basename "$dir")-$i-$n-$opt"
+            [ -e "$seed" ] && continue
+            { printf "\\$(printf '%03o' "$opt")"; cat "${files[@]:i:n}"; } >"$seed"
+            seeded=$((seeded + 1))
+          done
+        done
+      done
+    done < <(find "$vectors" -type d -print0)
+  fi
   echo "corpus: $corpus ($seeded new seeds from $vectors, $(find "$corpus" -type f | wc -l) files)"
 else
   echo "corpus: $corpus (no vectors at $vectors; starting from what is there)"

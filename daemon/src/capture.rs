@@ -12,7 +12,7 @@
 //! checkpoints only right after a sync).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom};
+use std::io::{BufWriter, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -32,23 +32,26 @@ pub fn wal_path(db: &Path) -> PathBuf {
 }
 
 /// A database as of its last commit: main file plus committed WAL frames.
-pub struct DbSource {
-    main: File,
+///
+/// It reads through a file handle the caller keeps open: closing any
+/// descriptor of the database file would release every POSIX lock this
+/// process holds on it, SQLite's included.
+pub struct DbSource<'a> {
+    main: &'a File,
     main_pages: u32,
     wal: Option<(File, WalHeader, CommittedFrames)>,
     pub page_size: PageSize,
     pub commit: u32,
 }
 
-impl DbSource {
-    pub fn open(path: &Path) -> Result<Self> {
-        let mut main =
-            File::open(path).with_context(|| format!("cannot open database {}", path.display()))?;
+impl<'a> DbSource<'a> {
+    /// `main` is the open database file at `path`.
+    pub fn open(main: &'a File, path: &Path) -> Result<Self> {
         let mut head = [0u8; 100];
-        main.read_exact(&mut head)
+        main.read_exact_at(&mut head, 0)
             .with_context(|| format!("{}: too short to be a SQLite database", path.display()))?;
         let page_size = sqlite_page_size(&head).with_context(|| path.display().to_string())?;
-        let len = main.seek(SeekFrom::End(0))?;
+        let len = main.metadata()?.len();
         let ps = u64::from(page_size.get());
         if len % ps != 0 {
             bail!(
@@ -113,7 +116,7 @@ impl DbSource {
 }
 
 /// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, fsync dir.
-fn write_ltx<F>(dir: &Path, name: &str, write: F) -> Result<PathBuf>
+pub fn write_ltx<F>(dir: &Path, name: &str, write: F) -> Result<PathBuf>
 where
     F: FnOnce(&mut BufWriter<&File>) -> Result<()>,
 {
@@ -171,7 +174,9 @@ impl Shipper {
     /// Writes the snapshot (TXID 1) of `db` into `out_dir` and returns a shipper
     /// positioned after it.
     pub fn start(db: &Path, out_dir: &Path, no_checksum: bool) -> Result<(Self, Shipped)> {
-        let mut src = DbSource::open(db)?;
+        let main =
+            File::open(db).with_context(|| format!("cannot open database {}", db.display()))?;
+        let mut src = DbSource::open(&main, db)?;
         let ps = src.page_size;
         let lock = lock_pgno(ps);
         let mut header = Header::new(ps, src.commit, Txid(1), Txid(1));

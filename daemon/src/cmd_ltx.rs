@@ -219,7 +219,8 @@ pub fn encode_db(
     if out.exists() && !force {
         bail!("{} exists; pass --force to overwrite it", out.display());
     }
-    let mut src = DbSource::open(db)?;
+    let main = File::open(db).with_context(|| format!("cannot open database {}", db.display()))?;
+    let mut src = DbSource::open(&main, db)?;
     let ps = src.page_size;
     let mut header = Header::new(ps, src.commit, Txid(1), Txid(txid));
     header.timestamp_ms = now_ms();

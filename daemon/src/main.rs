@@ -2,8 +2,13 @@
 //! line and dispatches to one function per subcommand.
 
 mod capture;
+mod cmd_ls;
 mod cmd_ltx;
+mod cmd_restore;
+mod config;
 mod demo;
+mod replicate;
+mod timefmt;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +29,34 @@ enum Command {
     /// Inspect, verify, apply and create LTX files.
     #[command(subcommand)]
     Ltx(LtxCommand),
+    /// Replicate databases continuously: every database of a YAML config, or
+    /// one database to one replica URL.
+    Replicate {
+        /// YAML configuration (see config.example.yml).
+        #[arg(long, short = 'c', conflicts_with_all = ["db", "url"])]
+        config: Option<PathBuf>,
+        /// Database path (with REPLICA_URL, instead of a config).
+        #[arg(requires = "url")]
+        db: Option<PathBuf>,
+        /// Replica URL: file:///abs/path or s3://bucket/prefix?endpoint=…
+        url: Option<String>,
+        /// Serve Prometheus metrics and /healthz here (one-database form).
+        #[arg(long)]
+        metrics_addr: Option<String>,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// List the LTX files of a replica: level, TXID range, size, creation time.
+    Ls {
+        /// `file:///abs/path` or `s3://bucket/prefix?endpoint=…&region=…`.
+        url: String,
+        /// Print JSON (the same fields as `litestream ltx -level all -json`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a database from its replica (latest, a TXID, or a time), verified.
+    Restore(cmd_restore::RestoreArgs),
     /// Run the built-in example: a WAL-mode database replicated to a local
     /// `file://` replica, restored, and compared with the source.
     Demo {
@@ -82,6 +115,48 @@ enum LtxCommand {
     },
 }
 
+fn init_logging(format: config::LogFormat, level: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.unwrap_or("info")));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => b.json().init(),
+        config::LogFormat::Text => b.init(),
+    }
+}
+
+fn replicate_cmd(
+    config_path: Option<PathBuf>,
+    db: Option<PathBuf>,
+    url: Option<String>,
+    metrics_addr: Option<String>,
+    log_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut cfg = match (config_path, db, url) {
+        (Some(p), _, _) => config::Config::load(&p)?,
+        (None, Some(db), Some(url)) => {
+            let db = std::path::absolute(&db)?;
+            let yaml = format!(
+                "dbs:\n  - path: {}\n    replicas:\n      - url: {}\n",
+                serde_json::to_string(&db.display().to_string())?,
+                serde_json::to_string(&url)?
+            );
+            config::Config::parse(&yaml)?
+        }
+        _ => anyhow::bail!("give --config FILE, or DB_PATH REPLICA_URL"),
+    };
+    if metrics_addr.is_some() {
+        cfg.metrics_addr = metrics_addr;
+    }
+    if log_json {
+        cfg.log_format = config::LogFormat::Json;
+    }
+    init_logging(cfg.log_format, cfg.log_level.as_deref());
+    replicate::run(cfg)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -98,6 +173,15 @@ fn main() -> ExitCode {
                 force,
             } => cmd_ltx::encode_db(&db, &output, no_checksum, txid, force),
         },
+        Command::Ls { url, json } => cmd_ls::run(&url, json),
+        Command::Restore(args) => cmd_restore::run(args),
+        Command::Replicate {
+            config,
+            db,
+            url,
+            metrics_addr,
+            log_json,
+        } => replicate_cmd(config, db, url, metrics_addr, log_json),
         Command::Demo { dir, transactions } => demo::run(dir, transactions),
     };
     match result {

@@ -17,9 +17,9 @@ find_garage() {
   local c
   for c in "${GARAGE_BIN:-}" "$(command -v garage 2>/dev/null || true)" "$HOME/.cargo/bin/garage"; do
     [ -n "$c" ] && [ -x "$c" ] || continue
-    case "$("$c" --version 2>/dev/null || true)" in
-      *"v$GARAGE_VERSION"* | *" $GARAGE_VERSION"*) echo "$c"; return 0 ;;
-    esac
+    # cargo builds print "garage cargo:2.5.0 [...]", release builds "garage v2.5.0 [...]"
+    [[ $("$c" --version 2>/dev/null || true) =~ [:v\ ]${GARAGE_VERSION//./\\.}([^0-9.]|$) ]] &&
+      { echo "$c"; return 0; }
   done
   return 1
 }
@@ -57,7 +57,8 @@ wait_for() {
 pid_alive() { [ -f "$1/garage.pid" ] && kill -0 "$(cat "$1/garage.pid")" 2>/dev/null; }
 
 cmd_start() {
-  local dir=${1:?usage: garage.sh start DIR}
+  [ $# -eq 1 ] || die "usage: garage.sh start DIR"
+  local dir=$1
   local bin bucket rpc_port s3_port secret node_id key_out key_id key_secret
   bin=$(find_garage) || die "garage $GARAGE_VERSION not found; run: $0 install"
   bucket=${SLUICE_TEST_BUCKET:-sluice-test}
@@ -88,6 +89,8 @@ EOF
   log "starting garage server (rpc 127.0.0.1:$rpc_port, s3 127.0.0.1:$s3_port); log: $dir/garage.log"
   RUST_LOG=${RUST_LOG:-garage=info} nohup "$bin" -c "$cfg" server >"$dir/garage.log" 2>&1 </dev/null &
   echo $! >"$dir/garage.pid"
+  # Any failure from here on stops the server again instead of leaking it.
+  trap "cmd_stop $(printf %q "$dir") || true" EXIT
 
   s3_up() { python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$s3_port"; }
   ready() { pid_alive "$dir" || return 0; g node id -q && s3_up; }  # returns early if it died
@@ -118,13 +121,15 @@ export AWS_REGION=garage
 unset AWS_CA_BUNDLE
 EOF
   )
+  trap - EXIT
   log "ready: bucket $bucket at http://127.0.0.1:$s3_port (pid $(cat "$dir/garage.pid"))"
   echo "$dir/env.sh"
 }
 
 cmd_stop() {
-  local dir=${1:?usage: garage.sh stop DIR}
-  [ -f "$dir/garage.pid" ] || die "no pid file at $dir/garage.pid"
+  [ $# -eq 1 ] || die "usage: garage.sh stop DIR"
+  local dir=$1
+  [ -f "$dir/garage.pid" ] || { log "not running (no $dir/garage.pid)"; return 0; }
   local pid; pid=$(cat "$dir/garage.pid")
   if ! kill -0 "$pid" 2>/dev/null; then log "not running (pid $pid)"; rm -f "$dir/garage.pid"; return 0; fi
   grep -q garage "/proc/$pid/cmdline" 2>/dev/null || die "pid $pid is not a garage process; not killing it"

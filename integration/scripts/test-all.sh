@@ -21,6 +21,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build the sluice binary (the CLI tests run it)"
 cargo build --workspace --bins --locked
 
+step "start Garage (S3) on loopback"
+garage_dir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-garage.XXXXXX")
+trap 'integration/scripts/garage.sh stop "$garage_dir" >/dev/null 2>&1 || true; rm -rf "$garage_dir"' EXIT
+integration/scripts/garage.sh start "$garage_dir" >/dev/null
+# shellcheck disable=SC1091
+. "$garage_dir/env.sh"
+export SLUICE_REQUIRE_GARAGE=1
+
 step "cargo test"
 cargo test --workspace --locked
 

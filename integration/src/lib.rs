@@ -73,3 +73,123 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A `sluice replicate` process for tests, logging to a file.
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `sluice replicate --config CONFIG`.
+    pub fn start(config: &std::path::Path, log: &std::path::Path) -> Daemon {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let child = Command::new(sluice_bin())
+            .args(["replicate", "--config"])
+            .arg(config)
+            .env_remove("AWS_CA_BUNDLE")
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info,sluice=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(f)
+            .spawn()
+            .expect("spawn sluice replicate");
+        Daemon {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Starts and waits (bounded) until the database is being captured.
+    pub fn start_ready(config: &std::path::Path, log: &std::path::Path) -> Daemon {
+        let before = std::fs::read_to_string(log).map_or(0, |s| s.matches("capturing").count());
+        let d = Daemon::start(config, log);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while d.log_text().matches("capturing").count() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sluice did not start capturing; log:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        d
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for exit (bounded); returns the exit code, `None` if killed.
+    pub fn wait(&mut self, timeout: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "sluice did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait: the clean stop.
+    pub fn stop(mut self) -> Option<i32> {
+        self.signal("-TERM");
+        self.wait(std::time::Duration::from_secs(30))
+    }
+
+    /// SIGTERM, and the exit status must be 0; prints the log otherwise.
+    pub fn stop_ok(self) {
+        let log = self.log.clone();
+        let code = self.stop();
+        assert_eq!(
+            code,
+            Some(0),
+            "sluice exited with {code:?}; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILL: the crash.
+    pub fn kill9(mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (bounded).
+    pub fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

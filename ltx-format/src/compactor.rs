@@ -24,6 +24,10 @@ pub struct CompactOptions {
     pub no_checksum: bool,
     /// Accept gaps between inputs (Go's `AllowNonContiguousTXIDs`).
     pub allow_non_contiguous: bool,
+    /// Write a snapshot (MinTXID 1, no pre-apply checksum) even when the first
+    /// input starts later: valid when that input holds every page (a snapshot
+    /// or a full-page file), which the encoder checks.
+    pub snapshot: bool,
 }
 
 struct Input<R: Read> {
@@ -91,11 +95,17 @@ pub fn compact<R: Read, W: Write>(
             )));
         }
     }
-    let mut header = Header::new(first.page_size, last.commit, first.min_txid, last.max_txid);
-    header.timestamp_ms = last.timestamp_ms;
-    if tracked {
-        header.pre_apply_checksum = first.pre_apply_checksum;
+    let min = if opts.snapshot {
+        crate::Txid(1)
     } else {
+        first.min_txid
+    };
+    let mut header = Header::new(first.page_size, last.commit, min, last.max_txid);
+    header.timestamp_ms = last.timestamp_ms;
+    if tracked && !opts.snapshot {
+        header.pre_apply_checksum = first.pre_apply_checksum;
+    }
+    if !tracked {
         header.flags = HEADER_FLAG_NO_CHECKSUM;
     }
     let mut enc = Encoder::new(out, header)?;

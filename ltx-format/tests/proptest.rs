@@ -517,6 +517,7 @@ fn run_chain(c: &ChainCase) {
         let opts = CompactOptions {
             no_checksum,
             allow_non_contiguous: false,
+            snapshot: false,
         };
         let readers: Vec<Cursor<&[u8]>> = inputs.iter().map(|(_, b)| Cursor::new(&b[..])).collect();
         let res = compact(readers, Vec::new(), opts);

@@ -318,6 +318,7 @@ fn compacting_the_chains_equals_applying_them() {
             CompactOptions {
                 no_checksum,
                 allow_non_contiguous: false,
+                snapshot: false,
             },
         )
         .unwrap();
@@ -343,6 +344,7 @@ fn compacting_the_chains_equals_applying_them() {
         let opts = CompactOptions {
             no_checksum,
             allow_non_contiguous: false,
+            snapshot: false,
         };
         let (a, _, _) = compact(head, Vec::new(), opts).unwrap();
         let (b, hb, _) = compact(tail, Vec::new(), opts).unwrap();

@@ -1,4 +1,29 @@
-//! Restore: planning a chain of LTX files for a target (pure) and applying it.
+//! Restore: planning a chain of LTX files for a target (pure, [`plan`]) and
+//! applying it fast and verified ([`execute`]).
 //!
-//! Not built yet beyond what `ltx-format` offers (`ltx_format::apply`); the
-//! planner and the parallel executor arrive with the restore issue.
+//! ```text
+//! list_files ─► plan(listing, target) ─► restore(store, plan, output)
+//!                 ▲ TimeSearch (timestamps: header times, binary search)
+//! ```
+//!
+//! - [`plan::plan`]: newest snapshot at or before the target, then the
+//!   contiguous chain with the fewest files (overlap allowed, gaps refused).
+//! - [`execute::restore`]: ranged, parallel downloads with bounded memory;
+//!   every page written once, by the last file that holds it; file checksums
+//!   (or the final database checksum, for checksum-carrying chains) verified;
+//!   temporary file, fsync, atomic rename.
+
+pub mod crc;
+pub mod error;
+pub mod execute;
+pub mod plan;
+pub mod progress;
+pub mod time;
+pub mod verify;
+
+pub use error::RestoreError;
+pub use execute::{
+    list_files, resolve_timestamp, restore, IntegrityCheck, Options, Restored, Verify,
+};
+pub use plan::{plan, FileInfo, Plan, PlanError, Target, TimeSearch};
+pub use progress::{NoProgress, Progress};

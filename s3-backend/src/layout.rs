@@ -57,6 +57,12 @@ impl Layout {
         format!("{}{}", self.level_dir(level), format_filename(min, max))
     }
 
+    /// A key for Sluice's own objects (probe, lease, drill reports), under a
+    /// directory Litestream never lists.
+    pub fn sluice_key(&self, name: &str) -> String {
+        self.join(&format!(".sluice/{name}"))
+    }
+
     /// Parses a key under [`Layout::level_dir`] back into `(level, min, max)`.
     pub fn parse_ltx_key(&self, key: &str) -> Option<(u8, Txid, Txid)> {
         let (dir, name) = key.rsplit_once('/')?;

@@ -1,0 +1,77 @@
+//! `sluice ls URL`: the LTX files of a replica by level, with TXID ranges,
+//! sizes and creation times, in Litestream's `ltx -level all` format.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use s3_backend::layout::SNAPSHOT_LEVEL;
+use s3_backend::retry::{RetryPolicy, Shutdown};
+use s3_backend::ReplicaUrl;
+use serde::Serialize;
+
+use crate::timefmt::rfc3339;
+
+#[derive(Debug, Serialize)]
+pub struct Entry {
+    pub level: u8,
+    pub min_txid: String,
+    pub max_txid: String,
+    pub size: u64,
+    pub timestamp: String,
+}
+
+/// Lists levels 0..=9 of a replica.
+pub async fn list_replica(url: &ReplicaUrl, policy: RetryPolicy) -> Result<Vec<Entry>> {
+    let store = url.open(policy, Shutdown::never()).await?;
+    let layout = url.layout();
+    let mut out = Vec::new();
+    for level in 0..=SNAPSHOT_LEVEL {
+        let dir = layout.level_dir(level);
+        let objects = store
+            .list(&dir, None)
+            .await
+            .with_context(|| format!("listing level {level} of {url}"))?;
+        for o in objects {
+            let Some((_, min, max)) = layout.parse_ltx_key(&o.key) else {
+                continue;
+            };
+            out.push(Entry {
+                level,
+                min_txid: min.to_string(),
+                max_txid: max.to_string(),
+                size: o.size,
+                timestamp: o.last_modified.map(rfc3339).unwrap_or_default(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(url: &str, json: bool) -> Result<ExitCode> {
+    let url = ReplicaUrl::parse(url)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let policy = RetryPolicy {
+        attempt_timeout: std::time::Duration::from_secs(30),
+        total_timeout: std::time::Duration::from_secs(60),
+        ..RetryPolicy::default()
+    };
+    let entries = rt.block_on(list_replica(&url, policy))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("level  min_txid          max_txid          size       created");
+    for e in &entries {
+        println!(
+            "{:<6} {}  {}  {:<10} {}",
+            e.level, e.min_txid, e.max_txid, e.size, e.timestamp
+        );
+    }
+    if entries.is_empty() {
+        eprintln!("no LTX files under {url}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

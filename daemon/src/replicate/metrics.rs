@@ -1,0 +1,204 @@
+//! Prometheus metrics and `/healthz`, served as plain HTTP on a loopback
+//! address: TXID, lag, bytes and objects shipped, errors, WAL size and
+//! checkpoints, per database and replica.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::warn;
+
+#[derive(Debug, Default)]
+pub struct DbMetrics {
+    pub db: String,
+    pub txid: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub errors: AtomicU64,
+    pub full_files: AtomicU64,
+    /// Why replication of this database stopped, if it did.
+    pub failed: Mutex<Option<String>>,
+    /// When the oldest not-yet-uploaded L0 was written (for lag).
+    pub replicas: Mutex<Vec<Arc<ReplicaMetrics>>>,
+}
+
+#[derive(Debug, Default)]
+pub struct ReplicaMetrics {
+    pub name: String,
+    /// Highest TXID uploaded, per level.
+    pub uploaded: [AtomicU64; 10],
+    pub uploaded_txid: AtomicU64,
+    pub bytes: AtomicU64,
+    pub objects: AtomicU64,
+    pub errors: AtomicU64,
+    /// Milliseconds from an L0 file's creation to its upload, last seen.
+    pub last_lag_ms: AtomicU64,
+    /// When the oldest staged L0 not yet uploaded appeared.
+    pub pending_since: Mutex<Option<Instant>>,
+}
+
+impl ReplicaMetrics {
+    pub fn record_upload(&self, level: u8, max: u64, size: u64, created: Option<SystemTime>) {
+        self.uploaded[usize::from(level).min(9)].fetch_max(max, Relaxed);
+        self.bytes.fetch_add(size, Relaxed);
+        self.objects.fetch_add(1, Relaxed);
+        if level == 0 {
+            self.uploaded_txid.store(max, Relaxed);
+            if let Some(lag) = created.and_then(|c| c.elapsed().ok()) {
+                self.last_lag_ms.store(lag.as_millis() as u64, Relaxed);
+            }
+        }
+    }
+
+    pub fn lag_seconds(&self, db_txid: u64) -> f64 {
+        if self.uploaded_txid.load(Relaxed) >= db_txid {
+            return 0.0;
+        }
+        let since = *self.pending_since.lock().unwrap_or_else(|p| p.into_inner());
+        since.map_or(0.0, |s| s.elapsed().as_secs_f64())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub dbs: Mutex<Vec<Arc<DbMetrics>>>,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let _ = writeln!(o, "# TYPE sluice_txid gauge");
+        for d in &dbs {
+            let _ = writeln!(
+                o,
+                "sluice_txid{{db=\"{}\"}} {}",
+                esc(&d.db),
+                d.txid.load(Relaxed)
+            );
+        }
+        for (name, help, f) in [
+            (
+                "sluice_wal_bytes",
+                "gauge",
+                (|d: &DbMetrics| d.wal_bytes.load(Relaxed)) as fn(&DbMetrics) -> u64,
+            ),
+            ("sluice_checkpoints_total", "counter", |d: &DbMetrics| {
+                d.checkpoints.load(Relaxed)
+            }),
+            ("sluice_db_errors_total", "counter", |d: &DbMetrics| {
+                d.errors.load(Relaxed)
+            }),
+            ("sluice_full_files_total", "counter", |d: &DbMetrics| {
+                d.full_files.load(Relaxed)
+            }),
+        ] {
+            let _ = writeln!(o, "# TYPE {name} {help}");
+            for d in &dbs {
+                let _ = writeln!(o, "{name}{{db=\"{}\"}} {}", esc(&d.db), f(d));
+            }
+        }
+        let _ = writeln!(o, "# TYPE sluice_replica_txid gauge\n# TYPE sluice_replication_lag_seconds gauge\n# TYPE sluice_bytes_shipped_total counter\n# TYPE sluice_objects_shipped_total counter\n# TYPE sluice_replica_errors_total counter");
+        for d in &dbs {
+            let txid = d.txid.load(Relaxed);
+            for r in d.replicas.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let l = format!("db=\"{}\",replica=\"{}\"", esc(&d.db), esc(&r.name));
+                let _ = writeln!(
+                    o,
+                    "sluice_replica_txid{{{l}}} {}",
+                    r.uploaded_txid.load(Relaxed)
+                );
+                let _ = writeln!(
+                    o,
+                    "sluice_replication_lag_seconds{{{l}}} {:.3}",
+                    r.lag_seconds(txid)
+                );
+                let _ = writeln!(
+                    o,
+                    "sluice_bytes_shipped_total{{{l}}} {}",
+                    r.bytes.load(Relaxed)
+                );
+                let _ = writeln!(
+                    o,
+                    "sluice_objects_shipped_total{{{l}}} {}",
+                    r.objects.load(Relaxed)
+                );
+                let _ = writeln!(
+                    o,
+                    "sluice_replica_errors_total{{{l}}} {}",
+                    r.errors.load(Relaxed)
+                );
+            }
+        }
+        o
+    }
+
+    /// `Ok` when every database replicates; otherwise the reasons.
+    pub fn health(&self) -> Result<(), Vec<String>> {
+        let dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let bad: Vec<String> = dbs
+            .iter()
+            .filter_map(|d| {
+                d.failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|r| format!("{}: {r}", d.db))
+            })
+            .collect();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad)
+        }
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the process ends.
+pub async fn serve(addr: String, metrics: Arc<Metrics>) {
+    let listener = match TcpListener::bind(&addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(%addr, "cannot listen for metrics: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/metrics" => ("200 OK", m.render()),
+                "/healthz" => match m.health() {
+                    Ok(()) => ("200 OK", "ok\n".to_string()),
+                    Err(r) => ("503 Service Unavailable", r.join("\n") + "\n"),
+                },
+                _ => ("404 Not Found", "not found\n".to_string()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}

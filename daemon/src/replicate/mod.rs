@@ -1,0 +1,588 @@
+//! `sluice replicate`: one capture thread, one maintenance thread and one
+//! upload task per replica, for every configured database.
+//!
+//! A database whose replica reports "another writer owns this replica" stops
+//! (capture and uploads); the others keep running, `/healthz` turns 503, and
+//! the exit status is non-zero. SIGTERM/SIGINT: a final sync, a final upload
+//! round within the shutdown timeout, then exit.
+
+pub mod engine;
+pub mod files;
+pub mod maintain;
+pub mod metrics;
+pub mod position;
+pub mod uploader;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use notify::{RecursiveMode, Watcher};
+use s3_backend::layout::SNAPSHOT_LEVEL;
+use s3_backend::retry::{shutdown_channel, RetryPolicy, Shutdown};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::capture::wal_path;
+use crate::config::{Config, DbConfig};
+use engine::Engine;
+use maintain::Maintainer;
+use metrics::{DbMetrics, Metrics, ReplicaMetrics};
+use uploader::{UploadError, Uploader};
+
+/// The staging directory of a database: `<dir>/.<name>-sluice` by default.
+pub fn staging_dir(db: &DbConfig) -> PathBuf {
+    if let Some(d) = &db.staging_dir {
+        return d.clone();
+    }
+    let name = db
+        .path
+        .file_name()
+        .map_or_else(|| "db".into(), |n| n.to_string_lossy().into_owned());
+    db.path
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(format!(".{name}-sluice"))
+}
+
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    let _ = sd_notify::notify(state);
+}
+
+pub fn run(cfg: Config) -> Result<ExitCode> {
+    for db in &cfg.dbs {
+        engine::check_database(&db.path)?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(cfg))
+}
+
+async fn run_async(cfg: Config) -> Result<ExitCode> {
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = cfg.metrics_addr.clone() {
+        tokio::spawn(metrics::serve(addr, metrics.clone()));
+    }
+    // `stop` asks for a graceful stop; `cancel` aborts store calls after the
+    // shutdown timeout.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (cancel_trigger, cancel) = shutdown_channel();
+    let shutdown_timeout = cfg
+        .dbs
+        .iter()
+        .map(|d| d.shutdown_timeout.0)
+        .max()
+        .unwrap_or(Duration::from_secs(10));
+    let mut tasks = Vec::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(cfg.dbs.len());
+    for db in cfg.dbs {
+        let m = Arc::new(DbMetrics {
+            db: db.path.display().to_string(),
+            ..DbMetrics::default()
+        });
+        metrics
+            .dbs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(m.clone());
+        tasks.push(tokio::spawn(run_db(
+            db,
+            m,
+            stop_rx.clone(),
+            cancel.clone(),
+            ready_tx.clone(),
+        )));
+    }
+    drop(ready_tx);
+    let n = tasks.len();
+    tokio::spawn(async move {
+        let mut ready = 0;
+        while ready_rx.recv().await.is_some() {
+            ready += 1;
+            if ready == n {
+                notify_systemd(&[
+                    sd_notify::NotifyState::Ready,
+                    sd_notify::NotifyState::Status("replicating"),
+                ]);
+            }
+        }
+    });
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        let every = period / 2;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
+    let stop_tx = Arc::new(stop_tx);
+    let s2 = stop_tx.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!("cannot handle SIGTERM: {e}");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: final sync, then exit"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: final sync, then exit"),
+        }
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        let _ = s2.send(true);
+        tokio::time::sleep(shutdown_timeout).await;
+        warn!("shutdown timeout: cancelling uploads still in flight");
+        cancel_trigger.fire();
+    });
+    let mut failed = false;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error!("{e:#}");
+                failed = true;
+            }
+            Err(e) => {
+                error!("database task panicked: {e}");
+                failed = true;
+            }
+        }
+    }
+    if let Err(reasons) = metrics.health() {
+        for r in reasons {
+            error!("{r}");
+        }
+        failed = true;
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(2),
+        attempt_timeout: Duration::from_secs(60),
+        total_timeout: Duration::from_secs(120),
+    }
+}
+
+async fn any_files(up: &Uploader) -> Result<bool, s3_backend::StoreError> {
+    for level in 0..=SNAPSHOT_LEVEL {
+        let objs = up.store.list(&up.layout.level_dir(level), None).await?;
+        if objs
+            .iter()
+            .any(|o| up.layout.parse_ltx_key(&o.key).is_some())
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+async fn run_db(
+    db: DbConfig,
+    m: Arc<DbMetrics>,
+    mut stop: watch::Receiver<bool>,
+    cancel: Shutdown,
+    ready: tokio::sync::mpsc::Sender<()>,
+) -> Result<()> {
+    let staging = staging_dir(&db);
+    std::fs::create_dir_all(&staging)
+        .with_context(|| format!("cannot create staging directory {}", staging.display()))?;
+    let mut uploaders = Vec::new();
+    let mut intervals = Vec::new();
+    for (i, r) in db.replicas.iter().enumerate() {
+        let url = r.resolve()?;
+        let store = url.open(policy(), cancel.clone()).await?;
+        let name = r.name.clone().unwrap_or_else(|| format!("replica{i}"));
+        let rm = Arc::new(ReplicaMetrics {
+            name: name.clone(),
+            ..ReplicaMetrics::default()
+        });
+        m.replicas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(rm.clone());
+        let up = Uploader::new(
+            name,
+            url.to_string(),
+            store,
+            url.layout(),
+            r.litestream_compatible,
+            &staging,
+            i,
+            rm,
+        )?;
+        intervals.push(r.sync_interval.map_or(db.sync_interval.0, |d| d.0));
+        uploaders.push(up);
+    }
+    // Without a local position, refuse replicas that already hold files:
+    // they belong to another writer (or to lost local state).
+    let has_position = staging.join("position.json").exists();
+    let mut replica_has_files = false;
+    if !has_position {
+        for up in &uploaders {
+            let mut attempt = 0u32;
+            loop {
+                match any_files(up).await {
+                    Ok(b) => {
+                        replica_has_files |= b;
+                        break;
+                    }
+                    Err(e) => {
+                        attempt += 1;
+                        warn!(replica = %up.name, attempt, "cannot list the replica yet: {e}");
+                        tokio::select! {
+                            _ = tokio::time::sleep((Duration::from_millis(250) * 2u32.pow(attempt.min(5))).min(Duration::from_secs(5))) => {}
+                            _ = stop.changed() => return Ok(()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let sync_interval = intervals
+        .iter()
+        .copied()
+        .min()
+        .unwrap_or(db.sync_interval.0);
+    let (txid_tx, txid_rx) = watch::channel(0u64);
+    let db_stop = Arc::new(AtomicBool::new(false));
+    let graceful = Arc::new(AtomicBool::new(false));
+    // Capture thread.
+    let (opened_tx, opened_rx) = tokio::sync::oneshot::channel::<Result<()>>();
+    let cap = {
+        let checkpoint_pages = db.checkpoint_pages;
+        let db = db.path.clone();
+        let staging = staging.clone();
+        let m = m.clone();
+        let db_stop = db_stop.clone();
+        let graceful = graceful.clone();
+        std::thread::Builder::new()
+            .name("sluice-capture".into())
+            .spawn(move || {
+                capture_loop(
+                    &db,
+                    &staging,
+                    checkpoint_pages,
+                    replica_has_files,
+                    sync_interval,
+                    m,
+                    txid_tx,
+                    db_stop,
+                    graceful,
+                    opened_tx,
+                )
+            })?
+    };
+    match opened_rx.await {
+        Ok(Ok(())) => {
+            let _ = ready.send(()).await;
+        }
+        Ok(Err(e)) => {
+            let _ = cap.join();
+            *m.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{e:#}"));
+            return Err(e);
+        }
+        Err(_) => anyhow::bail!(
+            "capture thread for {} ended before opening",
+            db.path.display()
+        ),
+    }
+    // Maintenance thread.
+    let maint = {
+        let staging = staging.clone();
+        let levels: Vec<Duration> = db.levels.iter().map(|d| d.0).collect();
+        let snap = db.snapshot_interval.0;
+        let db_stop = db_stop.clone();
+        let graceful = graceful.clone();
+        let replicas: Vec<Arc<ReplicaMetrics>> =
+            m.replicas.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        std::thread::Builder::new()
+            .name("sluice-maintain".into())
+            .spawn(move || {
+                let mut mt = Maintainer::new(&staging, levels, snap);
+                while !db_stop.load(Ordering::Relaxed) && !graceful.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(250));
+                    if let Err(e) = mt.tick() {
+                        warn!("maintenance: {e:#}");
+                    }
+                    let uploaded = |level: u8, max: u64| {
+                        replicas
+                            .iter()
+                            .all(|r| r.uploaded[usize::from(level)].load(Ordering::Relaxed) >= max)
+                    };
+                    if let Err(e) = mt.clean_local(uploaded) {
+                        warn!("local clean-up: {e:#}");
+                    }
+                }
+            })?
+    };
+    // Upload tasks.
+    let retention = db.retention.0;
+    let mut up_tasks = Vec::new();
+    for (up, interval) in uploaders.into_iter().zip(intervals) {
+        up_tasks.push(tokio::spawn(upload_loop(
+            up,
+            interval,
+            retention,
+            txid_rx.clone(),
+            stop.clone(),
+            db_stop.clone(),
+            m.clone(),
+        )));
+    }
+    // Wait for a stop request or a failed database.
+    loop {
+        if db_stop.load(Ordering::Relaxed) {
+            break;
+        }
+        tokio::select! {
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    graceful.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = cap.join();
+        let _ = maint.join();
+    })
+    .await;
+    for t in up_tasks {
+        let _ = t.await;
+    }
+    let failed = m.failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match failed {
+        Some(r) => Err(anyhow::anyhow!(
+            "{}: replication stopped: {r}",
+            db.path.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn capture_loop(
+    db: &Path,
+    staging: &Path,
+    checkpoint_pages: u32,
+    replica_has_files: bool,
+    sync_interval: Duration,
+    m: Arc<DbMetrics>,
+    txid_tx: watch::Sender<u64>,
+    db_stop: Arc<AtomicBool>,
+    graceful: Arc<AtomicBool>,
+    opened: tokio::sync::oneshot::Sender<Result<()>>,
+) {
+    let (mut engine, first) = match Engine::open(db, staging, checkpoint_pages, replica_has_files) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = opened.send(Err(e));
+            return;
+        }
+    };
+    if let Some(s) = &first {
+        if s.full {
+            m.full_files.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    m.txid.store(engine.txid().0, Ordering::Relaxed);
+    let _ = txid_tx.send(engine.txid().0);
+    let _ = opened.send(Ok(()));
+    info!(db = %db.display(), txid = %engine.txid(), checksum = %engine.checksum(), "capturing");
+
+    let (ev_tx, ev_rx) = mpsc::channel();
+    let wal = wal_path(db);
+    let watched = wal.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if ev.paths.iter().any(|p| p == &watched) {
+                let _ = ev_tx.send(());
+            }
+        }
+    })
+    .and_then(|mut w| {
+        w.watch(
+            db.parent().unwrap_or(Path::new("/")),
+            RecursiveMode::NonRecursive,
+        )?;
+        Ok(w)
+    });
+    if let Err(e) = &watcher {
+        warn!("file-system events unavailable ({e}); polling the WAL instead");
+    }
+    let poll = sync_interval.min(Duration::from_secs(1));
+    let mut last_sync = Instant::now() - sync_interval;
+    let mut errors_in_row = 0u32;
+    loop {
+        if db_stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let stopping = graceful.load(Ordering::Relaxed);
+        if !stopping {
+            let woke = ev_rx.recv_timeout(poll).is_ok();
+            if woke {
+                // Debounce a burst of writes from one commit.
+                std::thread::sleep(Duration::from_millis(3));
+                while ev_rx.try_recv().is_ok() {}
+                // Under steady load: at most one L0 per interval.
+                let since = last_sync.elapsed();
+                if since < sync_interval {
+                    let until = Instant::now() + (sync_interval - since);
+                    while Instant::now() < until
+                        && !graceful.load(Ordering::Relaxed)
+                        && !db_stop.load(Ordering::Relaxed)
+                    {
+                        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+                    }
+                    while ev_rx.try_recv().is_ok() {}
+                }
+            }
+        }
+        if let Err(e) = engine.check_identity() {
+            error!(db = %db.display(), "{e:#}");
+            *m.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{e:#}"));
+            db_stop.store(true, Ordering::Relaxed);
+            break;
+        }
+        match engine
+            .sync()
+            .and_then(|s| Ok((s, engine.maybe_checkpoint(false)?)))
+        {
+            Ok((a, b)) => {
+                errors_in_row = 0;
+                for s in [a, b].into_iter().flatten() {
+                    tracing::debug!(txid = %s.txid, pages = s.pages, bytes = s.bytes, file = %s.path.display(), "synced");
+                    last_sync = Instant::now();
+                    if s.full {
+                        m.full_files.fetch_add(1, Ordering::Relaxed);
+                    }
+                    m.txid.store(s.txid.0, Ordering::Relaxed);
+                    let _ = txid_tx.send(s.txid.0);
+                }
+                m.checkpoints.store(engine.checkpoints, Ordering::Relaxed);
+                m.wal_bytes.store(engine.wal_bytes(), Ordering::Relaxed);
+            }
+            Err(e) => {
+                errors_in_row += 1;
+                m.errors.fetch_add(1, Ordering::Relaxed);
+                error!(db = %db.display(), "sync failed: {e:#}");
+                std::thread::sleep(Duration::from_millis(
+                    200 * u64::from(errors_in_row.min(25)),
+                ));
+            }
+        }
+        if stopping {
+            break;
+        }
+    }
+    drop(watcher);
+    engine.close();
+    // Uploaders drain what is staged, then end.
+    let _ = txid_tx.send(u64::MAX);
+}
+
+async fn upload_loop(
+    mut up: Uploader,
+    interval: Duration,
+    retention: Duration,
+    mut txid_rx: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
+    db_stop: Arc<AtomicBool>,
+    m: Arc<DbMetrics>,
+) {
+    let mut last_upload: Option<Instant> = None;
+    let mut last_retention = Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let latest = *txid_rx.borrow_and_update();
+        let capture_done = latest == u64::MAX;
+        let behind = up.progress.uploaded[0] < latest && !capture_done;
+        if behind {
+            let mut p = up
+                .metrics
+                .pending_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            p.get_or_insert_with(Instant::now);
+        }
+        if let Err(e) = up.probe().await {
+            warn!(replica = %up.name, "store not reachable yet: {e}");
+        }
+        match up.upload_pending().await {
+            Ok(n) => {
+                backoff = Duration::from_millis(200);
+                if n > 0 {
+                    last_upload = Some(Instant::now());
+                }
+                if up.caught_up().unwrap_or(false) {
+                    *up.metrics
+                        .pending_since
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = None;
+                }
+            }
+            Err(UploadError::Conflict { replica, source }) => {
+                let msg = format!("another writer owns this replica {replica}: {source}");
+                error!(db = %m.db, "{msg}; stopping this database's replication");
+                *m.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
+                db_stop.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(UploadError::Other(e)) => {
+                up.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(replica = %up.name, "upload failed, will retry: {e:#}");
+                if capture_done || *stop.borrow() {
+                    // Final round failed: what is staged stays for next start.
+                    if capture_done {
+                        return;
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        }
+        if capture_done || db_stop.load(Ordering::Relaxed) {
+            return;
+        }
+        if last_retention.elapsed()
+            >= (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+        {
+            last_retention = Instant::now();
+            if let Err(e) = up.apply_retention(retention).await {
+                warn!(replica = %up.name, "retention: {e:#}");
+            }
+        }
+        // Wait for a new file; under steady load, at most one upload round
+        // per interval.
+        tokio::select! {
+            r = txid_rx.changed() => { if r.is_err() { return; } }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => {}
+        }
+        if let Some(t) = last_upload {
+            let since = t.elapsed();
+            if since < interval && !*stop.borrow() {
+                tokio::time::sleep(interval - since).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,756 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+//! `sluice replicate` end to end: a real SQLite application, the real daemon
+//! (stopped, killed, restarted), `file://` replicas and Garage, and restores
+//! compared with the source by LTX checksum and `integrity_check`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use integration::{litestream_bin, run, sluice, stderr, stdout, Daemon};
+use rusqlite::Connection;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn ltx_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "ltx"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}
+
+fn write_config(dir: &Path, db: &Path, url: &str, extra_db: &str, extra_replica: &str) -> PathBuf {
+    let cfg = dir.join("sluice.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - path: {}\n    sync-interval: 100ms\n{extra_db}    replicas:\n      - url: {url}\n{extra_replica}",
+            db.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn open_app(db: &Path, page_size: u32) -> Connection {
+    let c = Connection::open(db).unwrap();
+    c.execute_batch(&format!("PRAGMA page_size={page_size};"))
+        .unwrap();
+    c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c
+}
+
+/// The staging position's TXID.
+fn position_txid(db: &Path) -> u64 {
+    let p = db.parent().unwrap().join(format!(
+        ".{}-sluice/position.json",
+        db.file_name().unwrap().to_str().unwrap()
+    ));
+    std::fs::read(&p)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["txid"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Waits (bounded) until the file replica holds L0 `txid`.
+fn wait_replica(replica: &Path, txid: u64) {
+    let name = format!("{txid:016x}-{txid:016x}.ltx");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if replica.join("ltx/0").join(&name).exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("replica never received TXID {txid:x}");
+}
+
+/// Waits until the daemon has captured everything committed so far and the
+/// replica holds it; returns the TXID.
+fn settle(db: &Path, replica: &Path) -> u64 {
+    let mut last = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Stable for 600 ms (several sync intervals) means caught up.
+    let mut stable_since = Instant::now();
+    while Instant::now() < deadline {
+        let t = position_txid(db);
+        if t != last {
+            last = t;
+            stable_since = Instant::now();
+        } else if last > 0 && stable_since.elapsed() > Duration::from_millis(600) {
+            wait_replica(replica, last);
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("daemon never settled");
+}
+
+/// The LTX checksum of the database's committed state (main file + WAL).
+fn state_checksum(db: &Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.ltx");
+    let o = sluice(&["ltx", "encode-db", s(db), "-o", s(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    text.trim().rsplit(' ').next().unwrap().to_string()
+}
+
+/// Applies L0 files 1..=upto from `l0_dir` into `out`; returns its checksum.
+fn restore_l0(l0_dir: &Path, upto: u64, out: &Path) -> String {
+    let _ = std::fs::remove_file(out);
+    let files: Vec<PathBuf> = ltx_files(l0_dir)
+        .into_iter()
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_str().unwrap();
+            u64::from_str_radix(&n[17..33], 16).unwrap() <= upto
+        })
+        .collect();
+    assert!(!files.is_empty());
+    let mut args = vec!["ltx", "apply", "--db", s(out)];
+    args.extend(files.iter().map(|p| s(p)));
+    let o = sluice(&args);
+    assert!(o.status.success(), "apply: {}", stderr(&o));
+    let o = sluice(&["ltx", "checksum", s(out)]);
+    stdout(&o).trim().to_string()
+}
+
+fn integrity(db: &Path) -> String {
+    Connection::open(db)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// An application workload in phases; after each, the replica's TXID and the
+/// source's checksum at that TXID.
+fn workload(
+    db: &Path,
+    replica_l0: &Path,
+    page_size: u32,
+    settle_fn: &dyn Fn() -> u64,
+) -> Vec<(u64, String)> {
+    let _ = replica_l0;
+    let c = open_app(db, page_size);
+    let mut marks = Vec::new();
+    let mark = |marks: &mut Vec<(u64, String)>| {
+        let t = settle_fn();
+        marks.push((t, state_checksum(db)));
+    };
+    for i in 0..30 {
+        c.execute(
+            "INSERT INTO t(v, b) VALUES (?1, randomblob(?2))",
+            rusqlite::params![format!("row {i}"), 200 + i * 50],
+        )
+        .unwrap();
+    }
+    mark(&mut marks);
+    c.execute_batch(
+        "BEGIN; WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000)
+         INSERT INTO t(v, b) SELECT 'bulk ' || i, randomblob(300) FROM n; COMMIT;",
+    )
+    .unwrap();
+    mark(&mut marks);
+    c.execute_batch("UPDATE t SET v = v || ' updated' WHERE id % 3 = 0;")
+        .unwrap();
+    c.execute_batch("DELETE FROM t WHERE id % 2 = 0;").unwrap();
+    mark(&mut marks);
+    c.execute_batch("DELETE FROM t WHERE id > 100; VACUUM;")
+        .unwrap();
+    mark(&mut marks);
+    for i in 0..5 {
+        c.execute(
+            "INSERT INTO t(v, b) VALUES (?1, zeroblob(10))",
+            [format!("after vacuum {i}")],
+        )
+        .unwrap();
+    }
+    mark(&mut marks);
+    marks
+}
+
+fn create_table(db: &Path, page_size: u32) {
+    let c = open_app(db, page_size);
+    c.execute_batch("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT, b BLOB);")
+        .unwrap();
+}
+
+#[test]
+fn replicates_a_workload_to_a_file_replica_for_both_page_sizes() {
+    for ps in [4096u32, 65536] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let replica = dir.path().join("replica");
+        create_table(&db, ps);
+        let cfg = write_config(
+            dir.path(),
+            &db,
+            &format!("file://{}", replica.display()),
+            "",
+            "",
+        );
+        let d = Daemon::start(&cfg, &dir.path().join("sluice.log"));
+        let marks = workload(&db, &replica.join("ltx/0"), ps, &|| settle(&db, &replica));
+        d.stop_ok();
+        let out = dir.path().join("restored.db");
+        for (txid, want) in &marks {
+            assert_eq!(
+                &restore_l0(&replica.join("ltx/0"), *txid, &out),
+                want,
+                "page size {ps}, TXID {txid:x}"
+            );
+            assert_eq!(integrity(&out), "ok");
+        }
+        // After the clean stop, the whole replica equals the source.
+        let last = ltx_files(&replica.join("ltx/0")).len() as u64;
+        let got = restore_l0(&replica.join("ltx/0"), last, &out);
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+        let o = sluice(&["ltx", "checksum", s(&db)]);
+        assert_eq!(got, stdout(&o).trim());
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&db).unwrap());
+    }
+}
+
+/// Bytes in the replica.
+fn replica_bytes(replica: &Path) -> u64 {
+    let mut total = 0;
+    for level in 0..=9 {
+        for f in ltx_files(&replica.join(format!("ltx/{level}"))) {
+            total += std::fs::metadata(f).unwrap().len();
+        }
+    }
+    total
+}
+
+#[test]
+fn restarts_resume_without_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    create_table(&db, 4096);
+    {
+        let c = open_app(&db, 4096);
+        // About 2 MB, so a new snapshot would be far above 64 KiB.
+        c.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000)
+             INSERT INTO t(v, b) SELECT 'x' || i, randomblob(1000) FROM n;",
+        )
+        .unwrap();
+    }
+    let cfg = write_config(
+        dir.path(),
+        &db,
+        &format!("file://{}", replica.display()),
+        "",
+        "",
+    );
+    let log = dir.path().join("sluice.log");
+    let small_write = |n: i32| {
+        let c = open_app(&db, 4096);
+        c.execute("INSERT INTO t(v) VALUES (?1)", [format!("restart {n}")])
+            .unwrap();
+    };
+    let d = Daemon::start(&cfg, &log);
+    settle(&db, &replica);
+    small_write(0);
+    settle(&db, &replica);
+    d.stop_ok();
+    let mut kinds = Vec::new();
+    for (n, how) in ["clean stop", "kill -9", "app TRUNCATE checkpoint"]
+        .iter()
+        .enumerate()
+    {
+        let before = replica_bytes(&replica);
+        if *how == "app TRUNCATE checkpoint" {
+            let c = open_app(&db, 4096);
+            let (busy, _, _): (i64, i64, i64) = c
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .unwrap();
+            assert_eq!(busy, 0);
+            assert_eq!(
+                std::fs::metadata(dir.path().join("app.db-wal")).map_or(0, |m| m.len()),
+                0
+            );
+        }
+        let d = Daemon::start_ready(&cfg, &log);
+        small_write(n as i32 + 1);
+        settle(&db, &replica);
+        let uploaded = replica_bytes(&replica) - before;
+        assert!(
+            uploaded < 64 * 1024,
+            "after {how}: restart uploaded {uploaded} bytes\n{}",
+            d.log_text()
+        );
+        kinds.push((*how, uploaded));
+        if *how == "clean stop" {
+            // Next round starts from a crash.
+            d.kill9();
+        } else {
+            d.stop_ok();
+        }
+    }
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("full-page file"),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    eprintln!("bytes uploaded after restart: {kinds:?}");
+    // And the chain still restores to the source.
+    let out = dir.path().join("restored.db");
+    let got = restore_l0(&replica.join("ltx/0"), u64::MAX, &out);
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    assert_eq!(got, stdout(&sluice(&["ltx", "checksum", s(&db)])).trim());
+}
+
+#[test]
+fn survives_twenty_kill9s_with_gap_free_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    {
+        let c = open_app(&db, 4096);
+        c.execute_batch("CREATE TABLE n(id INTEGER PRIMARY KEY, pad BLOB);")
+            .unwrap();
+    }
+    let cfg = write_config(
+        dir.path(),
+        &db,
+        &format!("file://{}", replica.display()),
+        "    checkpoint-pages: 200\n",
+        "",
+    );
+    let log = dir.path().join("sluice.log");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The application: one numbered row per transaction, SQLite's default
+    // autocheckpoint on its own connection.
+    let app = {
+        let db = db.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let c = Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::from_secs(10)).unwrap();
+            let mut i: i64 = 0;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                i += 1;
+                c.execute("INSERT INTO n(id, pad) VALUES (?1, randomblob(500))", [i])
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            i
+        })
+    };
+    let mut rng = 0x1234_5678_9abc_def1_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let out = dir.path().join("restored.db");
+    let mut max_rows = 0;
+    for round in 0..20 {
+        let d = Daemon::start(&cfg, &log);
+        std::thread::sleep(Duration::from_millis(150 + next() % 600));
+        d.kill9();
+        // The replica restores to a gap-free prefix of the committed rows.
+        let files = ltx_files(&replica.join("ltx/0"));
+        if files.is_empty() {
+            continue;
+        }
+        let _ = restore_l0(&replica.join("ltx/0"), u64::MAX, &out);
+        let c = Connection::open(&out).unwrap();
+        let (count, max): (i64, Option<i64>) = c
+            .query_row("SELECT count(*), max(id) FROM n", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(
+            Some(count),
+            max.or(Some(0)),
+            "round {round}: rows missing: {count} rows but max id {max:?}"
+        );
+        assert_eq!(integrity(&out), "ok");
+        assert!(
+            count >= max_rows,
+            "round {round}: the replica went back from {max_rows} to {count} rows"
+        );
+        max_rows = count;
+    }
+    // Final: a clean run to the end, then the replica equals the source.
+    let d = Daemon::start(&cfg, &log);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let committed = app.join().unwrap();
+    settle(&db, &replica);
+    d.stop_ok();
+    let got = restore_l0(&replica.join("ltx/0"), u64::MAX, &out);
+    let c = Connection::open(&out).unwrap();
+    let count: i64 = c
+        .query_row("SELECT count(*) FROM n", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, committed);
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    assert_eq!(got, stdout(&sluice(&["ltx", "checksum", s(&db)])).trim());
+    eprintln!("crash test: {committed} rows committed, max restored after a kill {max_rows}");
+}
+
+#[test]
+fn a_second_writer_on_the_same_replica_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = dir.path().join("replica");
+    let url = format!("file://{}", replica.display());
+    let mut daemons = Vec::new();
+    let mut dbs = Vec::new();
+    for name in ["a", "b"] {
+        let sub = dir.path().join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        let db = sub.join("app.db");
+        create_table(&db, 4096);
+        open_app(&db, 4096)
+            .execute("INSERT INTO t(v) VALUES (?1)", [format!("from {name}")])
+            .unwrap();
+        let cfg = write_config(&sub, &db, &url, "", "");
+        dbs.push(db);
+        daemons.push((cfg, sub.join("sluice.log")));
+    }
+    // Started together: both find an empty replica; put-if-absent decides.
+    let mut a = Daemon::start(&daemons[0].0, &daemons[0].1);
+    let mut b = Daemon::start(&daemons[1].0, &daemons[1].1);
+    std::thread::sleep(Duration::from_secs(2));
+    for (i, db) in dbs.iter().enumerate() {
+        open_app(db, 4096)
+            .execute("INSERT INTO t(v) VALUES ('more')", [])
+            .unwrap();
+        let _ = i;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let a_alive = a.child.try_wait().unwrap().is_none();
+    let b_alive = b.child.try_wait().unwrap().is_none();
+    assert!(
+        a_alive != b_alive,
+        "exactly one writer must stop (a alive {a_alive}, b alive {b_alive})\nA:\n{}\nB:\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+    let (winner, loser, wdb) = if a_alive {
+        (a, &mut b, &dbs[0])
+    } else {
+        (b, &mut a, &dbs[1])
+    };
+    assert_ne!(loser.wait(Duration::from_secs(5)), Some(0));
+    assert!(
+        loser
+            .log_text()
+            .contains("another writer owns this replica"),
+        "{}",
+        loser.log_text()
+    );
+    settle(wdb, &replica);
+    winner.stop_ok();
+    // Nothing interleaved: the replica restores to the winner's database.
+    let out = dir.path().join("restored.db");
+    let got = restore_l0(&replica.join("ltx/0"), u64::MAX, &out);
+    Connection::open(wdb)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    assert_eq!(got, stdout(&sluice(&["ltx", "checksum", s(wdb)])).trim());
+    // Started later, a second writer is refused at once.
+    let mut late = Daemon::start(
+        &daemons[if a_alive { 1 } else { 0 }].0,
+        &dir.path().join("late.log"),
+    );
+    let code = late.wait(Duration::from_secs(20));
+    assert_ne!(code, Some(0));
+    assert!(
+        late.log_text().contains("another writer owns this replica"),
+        "{}",
+        late.log_text()
+    );
+}
+
+#[test]
+fn bad_databases_get_clear_errors_and_stay_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().join("replica").display());
+    let missing = dir.path().join("missing.db");
+    let o = sluice(&["replicate", s(&missing), &url]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    assert!(!missing.exists(), "sluice created the database");
+
+    let rollback = dir.path().join("rollback.db");
+    Connection::open(&rollback)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let before = std::fs::read(&rollback).unwrap();
+    let o = sluice(&["replicate", s(&rollback), &url]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not in WAL mode") && stderr(&o).contains("PRAGMA journal_mode=WAL"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(&rollback).unwrap(), before);
+
+    let o = sluice(&["replicate", "--config", s(&dir.path().join("nope.yml"))]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("nope.yml"),
+        "{}",
+        stderr(&o)
+    );
+    let cfg = dir.path().join("bad.yml");
+    std::fs::write(&cfg, "dbs:\n  - path: /x.db\n    replicas:\n      - url: file:///r\n        sync-intervall: 1s\n").unwrap();
+    let o = sluice(&["replicate", "--config", s(&cfg)]);
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("sync-intervall")
+            && stderr(&o).contains("line 5"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_database_deleted_while_replicated_stops_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    create_table(&db, 4096);
+    let cfg = write_config(
+        dir.path(),
+        &db,
+        &format!("file://{}", replica.display()),
+        "",
+        "",
+    );
+    let mut d = Daemon::start(&cfg, &dir.path().join("sluice.log"));
+    settle(&db, &replica);
+    std::fs::remove_file(&db).unwrap();
+    let _ = std::fs::remove_file(dir.path().join("app.db-wal"));
+    let code = d.wait(Duration::from_secs(20));
+    assert_ne!(code, Some(0));
+    assert!(
+        d.log_text().contains("was deleted while replicated"),
+        "{}",
+        d.log_text()
+    );
+}
+
+#[test]
+fn an_unreachable_replica_is_retried_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let aside = dir.path().join("replica.aside");
+    // A file where the replica directory should be: every call fails.
+    std::fs::write(&replica, b"in the way").unwrap();
+    create_table(&db, 4096);
+    let cfg = write_config(
+        dir.path(),
+        &db,
+        &format!("file://{}", replica.display()),
+        "",
+        "",
+    );
+    let log = dir.path().join("sluice.log");
+    // First run: the store is down at start-up; sluice keeps trying.
+    let d = Daemon::start(&cfg, &log);
+    assert!(
+        d.wait_for_log("cannot list the replica yet", Duration::from_secs(20)),
+        "{}",
+        d.log_text()
+    );
+    open_app(&db, 4096)
+        .execute("INSERT INTO t(v) VALUES ('before the store came up')", [])
+        .unwrap();
+    std::fs::remove_file(&replica).unwrap();
+    settle(&db, &replica);
+    d.stop_ok();
+    // Second run: the store goes away while running, and comes back.
+    std::fs::rename(&replica, &aside).unwrap();
+    std::fs::write(&replica, b"in the way").unwrap();
+    let d = Daemon::start_ready(&cfg, &log);
+    open_app(&db, 4096)
+        .execute("INSERT INTO t(v) VALUES ('while the store was down')", [])
+        .unwrap();
+    assert!(
+        d.wait_for_log("upload failed, will retry", Duration::from_secs(20)),
+        "{}",
+        d.log_text()
+    );
+    std::fs::remove_file(&replica).unwrap();
+    std::fs::rename(&aside, &replica).unwrap();
+    settle(&db, &replica);
+    d.stop_ok();
+    let out = dir.path().join("restored.db");
+    restore_l0(&replica.join("ltx/0"), u64::MAX, &out);
+    let rows: Vec<String> = Connection::open(&out)
+        .unwrap()
+        .prepare("SELECT v FROM t ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        ["before the store came up", "while the store was down"]
+    );
+}
+
+struct Garage {
+    endpoint: String,
+    region: String,
+    bucket: String,
+}
+
+fn garage() -> Option<Garage> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let g = (|| {
+        Some(Garage {
+            endpoint: get("SLUICE_S3_ENDPOINT")?,
+            region: get("SLUICE_S3_REGION")?,
+            bucket: get("SLUICE_S3_BUCKET")?,
+        })
+    })();
+    if g.is_none() {
+        assert!(
+            get("SLUICE_REQUIRE_GARAGE").is_none(),
+            "SLUICE_REQUIRE_GARAGE is set but SLUICE_S3_* are not"
+        );
+        eprintln!("skipped: no Garage");
+    }
+    g
+}
+
+fn unique(name: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{n:x}")
+}
+
+/// Downloads a Garage replica's L0 files into `dir` (through the real store).
+fn download_l0(url: &str, dir: &Path) {
+    use tokio::io::AsyncReadExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let u = s3_backend::ReplicaUrl::parse(url).unwrap();
+        let store = u
+            .open(
+                s3_backend::retry::RetryPolicy::default(),
+                s3_backend::retry::Shutdown::never(),
+            )
+            .await
+            .unwrap();
+        let layout = u.layout();
+        std::fs::create_dir_all(dir).unwrap();
+        for o in store.list(&layout.level_dir(0), None).await.unwrap() {
+            let mut r = store.get(&o.key).await.unwrap();
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).await.unwrap();
+            std::fs::write(dir.join(o.name()), v).unwrap();
+        }
+    });
+}
+
+#[test]
+fn replicates_to_garage_and_litestream_restores_a_compatible_replica() {
+    let Some(g) = garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create_table(&db, 4096);
+    let prefix = unique("replicate");
+    let url = format!(
+        "s3://{}/{prefix}?endpoint={}&region={}",
+        g.bucket, g.endpoint, g.region
+    );
+    let compat_prefix = format!("{prefix}-ls");
+    let compat_url = format!(
+        "s3://{}/{compat_prefix}?endpoint={}&region={}",
+        g.bucket, g.endpoint, g.region
+    );
+    let cfg = dir.path().join("sluice.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - path: {}\n    sync-interval: 100ms\n    replicas:\n      - url: {url}\n      - url: {compat_url}\n        litestream-compatible: true\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&cfg, &dir.path().join("sluice.log"));
+    let c = open_app(&db, 4096);
+    for i in 0..10 {
+        c.execute_batch(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 100)
+             INSERT INTO t(v, b) SELECT 'batch {i} ' || i, randomblob(100) FROM n;"
+        ))
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    c.execute_batch("DELETE FROM t WHERE id % 4 = 0; VACUUM;")
+        .unwrap();
+    drop(c);
+    std::thread::sleep(Duration::from_millis(1500));
+    d.stop_ok();
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    let want = stdout(&sluice(&["ltx", "checksum", s(&db)]))
+        .trim()
+        .to_string();
+
+    // Sluice's own replica, with database checksums, applies to the source.
+    let l0 = dir.path().join("l0");
+    download_l0(&url, &l0);
+    let out = dir.path().join("restored.db");
+    assert_eq!(restore_l0(&l0, u64::MAX, &out), want);
+    assert_eq!(integrity(&out), "ok");
+
+    // The Litestream-compatible replica restores with litestream 0.5.17.
+    let ls_out = dir.path().join("litestream-restored.db");
+    let ls_url = format!(
+        "s3://{}/{compat_prefix}?endpoint={}&region={}&force-path-style=true",
+        g.bucket, g.endpoint, g.region
+    );
+    let o = run(Command::new(litestream_bin()).args(["restore", "-o", s(&ls_out), &ls_url]));
+    assert!(
+        o.status.success(),
+        "litestream restore: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(&ls_out).unwrap(), std::fs::read(&db).unwrap());
+}
