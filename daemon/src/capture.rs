@@ -1,28 +1,18 @@
-//! WAL capture: turns a WAL-mode database's committed transactions into LTX
-//! files with a rolling database checksum.
+//! Reading a database as of its last commit, and writing LTX files durably.
 //!
-//! [`DbSource`] reads a database as of its last commit: the main file with the
-//! WAL's committed frames laid over it. [`Shipper`] keeps a position (TXID,
-//! per-page checksums, WAL salts and cursor) and, on each `sync`, packs the
-//! frames committed since the last sync into the next L0 file, written to a
-//! temporary name, fsynced, and renamed into place.
-//!
-//! This module does not yet take SQLite locks: callers must ensure no
-//! checkpoint moves frames out of the WAL before they are shipped (the demo
-//! checkpoints only right after a sync).
+//! [`DbSource`] lays the WAL's committed frames over the main file.
+//! [`write_ltx`] writes a file to a temporary name, fsyncs it, renames it into
+//! place and fsyncs the directory; it never replaces an existing file.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Seek, SeekFrom};
+use std::io::BufWriter;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ltx_format::checksum::sqlite_page_size;
 use ltx_format::wal::{scan_committed, CommittedFrames, WalCursor, WalHeader, WalReader};
-use ltx_format::{
-    checksum_page, format_filename, lock_pgno, Checksum, DbChecksum, Encoder, Header, PageSize,
-    Txid, HEADER_FLAG_NO_CHECKSUM,
-};
+use ltx_format::PageSize;
 
 /// The `-wal` path of a database.
 pub fn wal_path(db: &Path) -> PathBuf {
@@ -145,201 +135,6 @@ where
     std::fs::rename(&tmp, &path)?;
     File::open(dir)?.sync_all()?;
     Ok(path)
-}
-
-/// Ships one database's commits to a directory of L0 files.
-pub struct Shipper {
-    db: PathBuf,
-    out_dir: PathBuf,
-    page_size: PageSize,
-    /// Page checksums by page number - 1 (0 for the lock page).
-    pages: Vec<u64>,
-    sum: DbChecksum,
-    txid: Txid,
-    wal: Option<(WalHeader, WalCursor)>,
-    no_checksum: bool,
-}
-
-/// What one sync shipped.
-#[derive(Debug, Clone)]
-pub struct Shipped {
-    pub txid: Txid,
-    pub path: PathBuf,
-    pub pages: usize,
-    pub commit: u32,
-    pub checksum: Checksum,
-}
-
-impl Shipper {
-    /// Writes the snapshot (TXID 1) of `db` into `out_dir` and returns a shipper
-    /// positioned after it.
-    pub fn start(db: &Path, out_dir: &Path, no_checksum: bool) -> Result<(Self, Shipped)> {
-        let main =
-            File::open(db).with_context(|| format!("cannot open database {}", db.display()))?;
-        let mut src = DbSource::open(&main, db)?;
-        let ps = src.page_size;
-        let lock = lock_pgno(ps);
-        let mut header = Header::new(ps, src.commit, Txid(1), Txid(1));
-        header.timestamp_ms = now_ms();
-        if no_checksum {
-            header.flags = HEADER_FLAG_NO_CHECKSUM;
-        }
-        if let Some((h, c)) = src.wal_position() {
-            header.wal_offset = 32;
-            header.wal_size = (c.offset - 32) as i64;
-            header.wal_salt1 = h.salt1;
-            header.wal_salt2 = h.salt2;
-        }
-        let mut pages = vec![0u64; src.commit as usize];
-        let mut sum = DbChecksum::new();
-        let mut buf = vec![0u8; ps.as_usize()];
-        let commit = src.commit;
-        let name = format_filename(Txid(1), Txid(1));
-        let path = write_ltx(out_dir, &name, |w| {
-            let mut enc = Encoder::new(w, header)?;
-            for pgno in 1..=commit {
-                if pgno == lock {
-                    continue;
-                }
-                src.read_page(pgno, &mut buf)?;
-                enc.encode_page(pgno, &buf)?;
-                let c = checksum_page(pgno, &buf);
-                pages[pgno as usize - 1] = c;
-                sum.toggle(c);
-            }
-            let post = if no_checksum {
-                Checksum::ZERO
-            } else {
-                enc.pages_checksum()
-            };
-            enc.finish(post)?;
-            Ok(())
-        })?;
-        let shipper = Shipper {
-            db: db.to_path_buf(),
-            out_dir: out_dir.to_path_buf(),
-            page_size: ps,
-            pages,
-            sum,
-            txid: Txid(1),
-            wal: src.wal_position(),
-            no_checksum,
-        };
-        let shipped = Shipped {
-            txid: Txid(1),
-            path,
-            pages: commit as usize,
-            commit,
-            checksum: sum.value(),
-        };
-        Ok((shipper, shipped))
-    }
-
-    pub fn checksum(&self) -> Checksum {
-        self.sum.value()
-    }
-
-    /// Ships every frame committed since the last sync as the next L0 file.
-    pub fn sync(&mut self) -> Result<Option<Shipped>> {
-        let wp = wal_path(&self.db);
-        let f = match File::open(&wp) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("cannot open {}", wp.display())),
-        };
-        if f.metadata()?.len() < 32 {
-            return Ok(None);
-        }
-        let mut hb = [0u8; 32];
-        f.read_exact_at(&mut hb, 0)?;
-        let header = WalHeader::parse(&hb).with_context(|| wp.display().to_string())?;
-        let start = match self.wal {
-            Some((h, c)) if h.salt1 == header.salt1 && h.salt2 == header.salt2 => c,
-            // A new WAL generation (after a checkpoint restarted it): read from
-            // its first frame.
-            _ => WalCursor {
-                offset: 32,
-                checksum: header.checksum,
-            },
-        };
-        let mut rf = &f;
-        rf.seek(SeekFrom::Start(start.offset))?;
-        let mut reader = WalReader::resume(std::io::BufReader::new(rf), header, start);
-        let Some(frames) = scan_committed(&mut reader)? else {
-            return Ok(None);
-        };
-        let txid = Txid(self.txid.0 + 1);
-        let mut h = Header::new(self.page_size, frames.commit, txid, txid);
-        h.timestamp_ms = now_ms();
-        if self.no_checksum {
-            h.flags = HEADER_FLAG_NO_CHECKSUM;
-        } else {
-            h.pre_apply_checksum = self.sum.value();
-        }
-        h.wal_offset = start.offset as i64;
-        h.wal_size = (frames.end.offset - start.offset) as i64;
-        h.wal_salt1 = header.salt1;
-        h.wal_salt2 = header.salt2;
-        let lock = lock_pgno(self.page_size);
-        let ps = self.page_size.as_usize();
-        let mut buf = vec![0u8; ps];
-        let commit = frames.commit as usize;
-        let old = &self.pages;
-        let mut sum = self.sum;
-        // Dropped pages leave the checksum; grown pages start absent.
-        for c in old.iter().skip(commit) {
-            sum.toggle(*c);
-        }
-        let mut changes: Vec<(usize, u64)> = Vec::with_capacity(frames.pages.len());
-        let no_checksum = self.no_checksum;
-        let name = format_filename(txid, txid);
-        let path = write_ltx(&self.out_dir, &name, |w| {
-            let mut enc = Encoder::new(w, h)?;
-            let zero = vec![0u8; ps];
-            for pgno in 1..=frames.commit {
-                if pgno == lock {
-                    continue;
-                }
-                let idx = pgno as usize - 1;
-                let data: &[u8] = if let Some(&off) = frames.pages.get(&pgno) {
-                    f.read_exact_at(&mut buf, off)?;
-                    &buf
-                } else if idx >= old.len() {
-                    // Grown but never written: zeros in the file, so in the LTX too.
-                    &zero
-                } else {
-                    continue;
-                };
-                enc.encode_page(pgno, data)?;
-                let c = checksum_page(pgno, data);
-                sum.toggle(old.get(idx).copied().unwrap_or(0));
-                sum.toggle(c);
-                changes.push((idx, c));
-            }
-            let post = if no_checksum {
-                Checksum::ZERO
-            } else {
-                sum.value()
-            };
-            enc.finish(post)?;
-            Ok(())
-        })?;
-        // Only now, with the file durable, does the position advance.
-        self.pages.resize(commit, 0);
-        for (idx, c) in changes {
-            self.pages[idx] = c;
-        }
-        self.sum = sum;
-        self.txid = txid;
-        self.wal = Some((header, frames.end));
-        Ok(Some(Shipped {
-            txid,
-            path,
-            pages: frames.pages.len(),
-            commit: frames.commit,
-            checksum: sum.value(),
-        }))
-    }
 }
 
 pub fn now_ms() -> i64 {

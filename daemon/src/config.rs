@@ -186,6 +186,11 @@ pub struct ReplicaConfig {
 pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String> {
     let mut out = String::with_capacity(text.len());
     for (lineno, line) in text.split_inclusive('\n').enumerate() {
+        // Comments are left alone.
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
         let mut rest = line;
         while let Some(i) = rest.find("${") {
             if i > 0 && rest.as_bytes()[i - 1] == b'$' {
@@ -213,6 +218,26 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
     Ok(out)
 }
 
+/// serde reports a bad value at its enclosing mapping; point at the line
+/// that holds the value, and name its key.
+fn locate_value_error(text: &str, msg: &str) -> String {
+    let quoted = msg.split('"').nth(1).filter(|v| !v.is_empty());
+    let Some(value) = quoted else {
+        return msg.to_string();
+    };
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start().trim_start_matches("- ");
+        if let Some((key, v)) = t.split_once(':') {
+            let v = v.trim().trim_matches('"').trim_matches('\'');
+            if v == value && !key.trim().starts_with('#') {
+                let head = msg.split(" at line ").next().unwrap_or(msg);
+                return format!("{head}: key {:?} at line {}", key.trim(), i + 1);
+            }
+        }
+    }
+    msg.to_string()
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
@@ -222,7 +247,8 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Config> {
         let expanded = expand_env(text, |k| std::env::var(k).ok())?;
-        let cfg: Config = serde_yaml_ng::from_str(&expanded).map_err(|e| anyhow!("{e}"))?;
+        let cfg: Config = serde_yaml_ng::from_str(&expanded)
+            .map_err(|e| anyhow!("{}", locate_value_error(&expanded, &e.to_string())))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -375,5 +401,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("absolute"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../config.example.yml");
+        let env = |k: &str| Some(format!("value-of-{k}"));
+        let expanded = expand_env(text, env).unwrap();
+        let cfg: Config = serde_yaml_ng::from_str(&expanded).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.dbs[0].replicas.len(), 3);
+        assert!(cfg.dbs[0].replicas[1].litestream_compatible);
     }
 }

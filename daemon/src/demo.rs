@@ -1,25 +1,46 @@
-//! `sluice demo`: the README's first command. An application writes to a
-//! WAL-mode SQLite database; Sluice ships each sync's committed frames as an
-//! L0 file into a local `file://` replica (snapshot first); the replica is then
-//! restored by applying the chain, and the restored database is checked
-//! against the source (LTX checksum, bytes, `PRAGMA integrity_check`).
+//! `sluice demo`: the README's first command, on an embedded default.
+//!
+//! A WAL-mode database is replicated by the real `replicate` machinery to a
+//! local `file://` replica while an application writes to it (inserts,
+//! updates, deletes, a `VACUUM`, and its own TRUNCATE checkpoint), with short
+//! compaction and snapshot intervals so every level appears. After a clean
+//! stop the replica is restored from its newest snapshot plus later L0 files
+//! and checked against the source: same LTX checksum, byte-identical file,
+//! `PRAGMA integrity_check` = ok.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ltx_format::{checksum_database, Applier};
+use ltx_format::{checksum_database, parse_filename, Applier};
 use rusqlite::Connection;
 
-use crate::capture::Shipper;
+use crate::config::Config;
+
+/// The embedded configuration: one database, one local replica.
+fn embedded_config(db: &Path, replica: &Path) -> Result<Config> {
+    Config::parse(&format!(
+        "log-level: warn
+dbs:
+  - path: {}
+    sync-interval: 100ms
+    levels: [1s, 3s]
+    snapshot-interval: 2s
+    replicas:
+      - url: file://{}
+",
+        db.display(),
+        replica.display()
+    ))
+}
 
 pub fn run(dir: Option<PathBuf>, transactions: u32) -> Result<ExitCode> {
     let tmp;
     let dir = match dir {
         Some(d) => {
             std::fs::create_dir_all(&d)?;
-            d
+            std::path::absolute(&d)?
         }
         None => {
             tmp = tempfile::Builder::new().prefix("sluice-demo-").tempdir()?;
@@ -39,19 +60,32 @@ pub fn run(dir: Option<PathBuf>, transactions: u32) -> Result<ExitCode> {
     println!("replica:  file://{}", replica.display());
 
     let app = Connection::open(&db_path)?;
+    app.busy_timeout(Duration::from_secs(10))?;
     let mode: String = app.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if mode != "wal" {
         bail!("could not switch {} to WAL mode", db_path.display());
     }
-    // Sluice owns checkpoints; the app's automatic ones are off.
     app.execute_batch(
-        "PRAGMA wal_autocheckpoint=0;
-         CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT, amount INTEGER, note TEXT);
+        "CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT, amount INTEGER, note TEXT);
          CREATE INDEX orders_customer ON orders(customer);",
     )?;
-    let l0 = replica.join("ltx").join("0");
-    let (mut shipper, first) = Shipper::start(&db_path, &l0, false)?;
-    let mut shipped = vec![first];
+
+    let cfg = embedded_config(&db_path, &replica)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let daemon = std::thread::spawn(move || crate::replicate::run_until(cfg, Some(stop_rx)));
+    // Let the initial snapshot land before the application starts.
+    let pos = crate::replicate::staging_dir_of(&db_path).join("position.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pos.exists() {
+        if daemon.is_finished() || Instant::now() > deadline {
+            let r = daemon
+                .join()
+                .map_err(|_| anyhow::anyhow!("replication thread panicked"))?;
+            bail!("replication did not start: {:?}", r.map(|_| ()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
     let mut next = || {
         rng ^= rng << 13;
@@ -86,76 +120,97 @@ pub fn run(dir: Option<PathBuf>, transactions: u32) -> Result<ExitCode> {
             }
         }
         tx.commit()?;
-        // One sync every few commits: a TXID is one sync.
-        if i % 4 == 3 {
-            if let Some(s) = shipper.sync()? {
-                shipped.push(s);
-            }
-        }
-        // Checkpoint only what has been shipped (right after a sync), and
-        // vacuum once to shrink the file.
-        if i % 50 == 49 {
-            if let Some(s) = shipper.sync()? {
-                shipped.push(s);
-            }
-            app.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
-        }
         if i == transactions / 2 {
             app.execute_batch("DELETE FROM orders WHERE id % 3 = 0; VACUUM;")?;
         }
+        std::thread::sleep(Duration::from_millis(15));
     }
-    if let Some(s) = shipper.sync()? {
-        shipped.push(s);
+    // Give compaction and a snapshot time to run, then stop cleanly.
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = stop_tx.send(true);
+    let code = daemon
+        .join()
+        .map_err(|_| anyhow::anyhow!("replication thread panicked"))??;
+    if code != ExitCode::SUCCESS {
+        bail!("replication ended with an error");
     }
-    app.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
     let rows: i64 = app.query_row("SELECT count(*) FROM orders", [], |r| r.get(0))?;
+    app.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
     drop(app);
 
-    let bytes: u64 = shipped
-        .iter()
-        .map(|s| std::fs::metadata(&s.path).map_or(0, |m| m.len()))
-        .sum();
-    let pages: usize = shipped.iter().map(|s| s.pages).sum();
-    let max_commit = shipped.iter().map(|s| s.commit).max().unwrap_or(0);
-    println!(
-        "shipped {} LTX files ({bytes} bytes, {pages} pages, database up to {max_commit} pages) for {transactions} transactions; source has {rows} rows",
-        shipped.len(),
-    );
-    for s in shipped.iter().rev().take(1) {
-        println!(
-            "last file:         {} (database checksum {})",
-            s.path.display(),
-            s.checksum
-        );
+    let mut summary = Vec::new();
+    for level in [0u8, 1, 2, 9] {
+        let files = ltx_files(&replica.join(format!("ltx/{level}")))?;
+        let bytes: u64 = files
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .sum();
+        summary.push(format!("L{level}: {} files, {bytes} bytes", files.len()));
     }
+    println!(
+        "replica after {transactions} transactions ({rows} rows): {}",
+        summary.join("; ")
+    );
 
+    // Restore: the newest snapshot, then every later L0 file.
+    let snaps = ltx_files(&replica.join("ltx/9"))?;
+    let l0 = ltx_files(&replica.join("ltx/0"))?;
+    let mut chain: Vec<PathBuf> = Vec::new();
+    let mut after = 0u64;
+    if let Some(s) = snaps.last() {
+        after = txids(s)?.1;
+        chain.push(s.clone());
+    }
+    chain.extend(
+        l0.into_iter()
+            .filter(|p| txids(p).is_ok_and(|(_, max)| max > after)),
+    );
     let restored = dir.join("restored.db");
-    restore_chain(&restored, shipped.iter().map(|s| s.path.as_path()))?;
+    restore_chain(&restored, &chain)?;
     let src_sum = file_checksum(&db_path)?;
     let out_sum = file_checksum(&restored)?;
     let same_bytes = std::fs::read(&db_path)? == std::fs::read(&restored)?;
     let check: String =
         Connection::open(&restored)?.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-    println!("source checksum:   {src_sum}");
     println!(
-        "restored checksum: {out_sum}  (TXID {})",
-        shipped
-            .last()
-            .map_or_else(String::new, |s| s.txid.to_string())
+        "restored from:     {} files ({})",
+        chain.len(),
+        chain
+            .first()
+            .map_or(String::new(), |p| p.display().to_string())
     );
-    println!("shipper position:  {}", shipper.checksum());
+    println!("source checksum:   {src_sum}");
+    println!("restored checksum: {out_sum}");
     println!("integrity_check:   {check}");
     println!("byte-identical:    {same_bytes}");
     println!("elapsed:           {:.2?}", started.elapsed());
-    println!("try: sluice ltx verify {}/*.ltx", l0.display());
-    if src_sum != out_sum || !same_bytes || check != "ok" || shipper.checksum() != src_sum {
+    if src_sum != out_sum || !same_bytes || check != "ok" {
         bail!("the restored database differs from the source");
     }
     println!("demo ok: the replica restores to the source database");
     Ok(ExitCode::SUCCESS)
 }
 
-fn restore_chain<'a>(out: &Path, files: impl Iterator<Item = &'a Path>) -> Result<()> {
+fn txids(p: &Path) -> Result<(u64, u64)> {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let (a, b) = parse_filename(name).with_context(|| format!("not an LTX file name: {name}"))?;
+    Ok((a.0, b.0))
+}
+
+fn ltx_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| txids(p).is_ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    v.sort();
+    Ok(v)
+}
+
+fn restore_chain(out: &Path, files: &[PathBuf]) -> Result<()> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -84,6 +84,15 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `sluice replicate --config CONFIG`.
     pub fn start(config: &std::path::Path, log: &std::path::Path) -> Daemon {
+        Self::start_with_env(config, log, &[])
+    }
+
+    /// Starts it with extra environment variables.
+    pub fn start_with_env(
+        config: &std::path::Path,
+        log: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -95,6 +104,7 @@ impl Daemon {
             .env_remove("AWS_CA_BUNDLE")
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info,sluice=debug")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(f)
             .spawn()

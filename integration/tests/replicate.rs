@@ -754,3 +754,145 @@ fn replicates_to_garage_and_litestream_restores_a_compatible_replica() {
     );
     assert_eq!(std::fs::read(&ls_out).unwrap(), std::fs::read(&db).unwrap());
 }
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
+
+#[test]
+fn levels_snapshots_retention_metrics_and_systemd_notify() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    create_table(&db, 4096);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cfg = dir.path().join("sluice.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "metrics-addr: {addr}\ndbs:\n  - path: {}\n    sync-interval: 100ms\n    levels: [1s, 2s]\n    snapshot-interval: 2s\n    retention: 3s\n    replicas:\n      - url: file://{}\n",
+            db.display(),
+            replica.display()
+        ),
+    )
+    .unwrap();
+    // systemd's notify socket, played by the test.
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let d = Daemon::start_with_env(
+        &cfg,
+        &dir.path().join("sluice.log"),
+        &[("NOTIFY_SOCKET", s(&sock_path))],
+    );
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).contains("READY=1"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    let c = open_app(&db, 4096);
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(9) {
+        i += 1;
+        c.execute(
+            "INSERT INTO t(v, b) VALUES (?1, randomblob(200))",
+            [format!("r{i}")],
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    settle(&db, &replica);
+    let m = http_get(&addr, "/metrics");
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(metric(&m, "sluice_txid{") >= 10.0);
+    assert!(metric(&m, "sluice_bytes_shipped_total{") > 0.0);
+    assert!(metric(&m, "sluice_objects_shipped_total{") >= 10.0);
+    assert_eq!(metric(&m, "sluice_replication_lag_seconds{"), 0.0);
+    assert!(m.contains("sluice_checkpoints_total{"), "{m}");
+    let h = http_get(&addr, "/healthz");
+    assert!(h.starts_with("HTTP/1.1 200") && h.ends_with("ok\n"), "{h}");
+    d.stop_ok();
+
+    let l = |n: u8| ltx_files(&replica.join(format!("ltx/{n}")));
+    let log = std::fs::read_to_string(dir.path().join("sluice.log")).unwrap();
+    assert!(
+        !l(1).is_empty() && !l(2).is_empty(),
+        "no compactions: L1 {:?} L2 {:?}\n{log}",
+        l(1),
+        l(2)
+    );
+    let snaps = l(9);
+    assert!(snaps.len() >= 2, "snapshots: {snaps:?}");
+    // Retention removed what the oldest kept snapshot covers...
+    let name = |p: &PathBuf| p.file_name().unwrap().to_str().unwrap().to_string();
+    let max_of = |p: &PathBuf| u64::from_str_radix(&name(p)[17..33], 16).unwrap();
+    let min_of = |p: &PathBuf| u64::from_str_radix(&name(p)[..16], 16).unwrap();
+    let oldest = max_of(&snaps[0]);
+    assert!(
+        l(0).iter().all(|p| max_of(p) > oldest),
+        "L0 files at or below the oldest snapshot {oldest:x} remain"
+    );
+    assert!(!replica
+        .join("ltx/0/0000000000000001-0000000000000001.ltx")
+        .exists());
+    // ...and kept a contiguous L0 chain after it, so every TXID in the window restores.
+    let l0 = l(0);
+    assert_eq!(min_of(&l0[0]), oldest + 1, "gap after the oldest snapshot");
+    for w in l0.windows(2) {
+        assert_eq!(min_of(&w[1]), max_of(&w[0]) + 1);
+    }
+    // Restore from the oldest snapshot and the L0 chain equals the source.
+    let out = dir.path().join("restored.db");
+    let mut args = vec!["ltx", "apply", "--db", s(&out), s(&snaps[0])];
+    args.extend(l0.iter().map(|p| s(p)));
+    let o = sluice(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    assert_eq!(
+        stdout(&sluice(&["ltx", "checksum", s(&out)])),
+        stdout(&sluice(&["ltx", "checksum", s(&db)]))
+    );
+    // The newest snapshot alone plus later L0 files too.
+    let newest = snaps.last().unwrap();
+    let out2 = dir.path().join("restored2.db");
+    let mut args = vec!["ltx", "apply", "--db", s(&out2), s(newest)];
+    let later: Vec<PathBuf> = l0
+        .iter()
+        .filter(|p| max_of(p) > max_of(newest))
+        .cloned()
+        .collect();
+    args.extend(later.iter().map(|p| s(p)));
+    let o = sluice(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out2).unwrap(), std::fs::read(&db).unwrap());
+}

@@ -25,6 +25,9 @@ pub struct Maintainer {
     snapshot_interval: Duration,
     last_level_run: Vec<Instant>,
     last_snapshot: Instant,
+    /// Highest TXID each level (index) has covered: kept in memory because
+    /// local clean-up removes the files it was read from.
+    covered: Vec<u64>,
 }
 
 const SNAPSHOT_LEVEL: u8 = 9;
@@ -35,6 +38,14 @@ impl Maintainer {
         Maintainer {
             ltx: staging.join("ltx"),
             last_level_run: vec![now; levels.len()],
+            covered: (0..=SNAPSHOT_LEVEL)
+                .map(|l| {
+                    list_level(&staging.join("ltx"), l)
+                        .ok()
+                        .and_then(|f| f.last().map(|f| f.max.0))
+                        .unwrap_or(0)
+                })
+                .collect(),
             levels,
             snapshot_interval,
             last_snapshot: now,
@@ -62,15 +73,16 @@ impl Maintainer {
     }
 
     fn covered(&self, level: u8) -> Result<u64> {
-        Ok(list_level(&self.ltx, level)?.last().map_or(0, |f| f.max.0))
+        Ok(self.covered[usize::from(level)])
     }
 
-    /// The contiguous run of `files` after TXID `after`, if any.
+    /// The contiguous run of `files` after TXID `after` (from the first file
+    /// when `after` is 0: nothing covered yet).
     fn chain_after(files: Vec<LocalFile>, after: u64) -> Vec<LocalFile> {
         let mut chain: Vec<LocalFile> = Vec::new();
         let mut prev = after;
         for f in files.into_iter().filter(|f| f.max.0 > after) {
-            if f.min.0 > prev + 1 {
+            if f.min.0 > prev + 1 && !(prev == 0 && chain.is_empty()) {
                 break;
             }
             prev = f.max.0;
@@ -135,7 +147,7 @@ impl Maintainer {
 
     /// A new snapshot: the newest snapshot (or the first snapshot file of
     /// L0) merged with every later L0 file.
-    pub fn snapshot(&self) -> Result<Option<PathBuf>> {
+    pub fn snapshot(&mut self) -> Result<Option<PathBuf>> {
         let base = list_level(&self.ltx, SNAPSHOT_LEVEL)?
             .into_iter()
             .rfind(|f| f.min.0 == 1)
@@ -154,7 +166,11 @@ impl Maintainer {
         if inputs.len() == 1 && base.level == SNAPSHOT_LEVEL {
             return Ok(None);
         }
-        self.merge(&inputs, SNAPSHOT_LEVEL, true)
+        let out = self.merge(&inputs, SNAPSHOT_LEVEL, true)?;
+        if let Some(last) = inputs.last() {
+            self.covered[usize::from(SNAPSHOT_LEVEL)] = last.max.0;
+        }
+        Ok(out)
     }
 
     /// Removes local files at levels 0..=8 covered by the newest local

@@ -48,11 +48,26 @@ pub fn staging_dir(db: &DbConfig) -> PathBuf {
         .join(format!(".{name}-sluice"))
 }
 
+/// The default staging directory of a database path.
+pub fn staging_dir_of(db: &Path) -> PathBuf {
+    let name = db
+        .file_name()
+        .map_or_else(|| "db".into(), |n| n.to_string_lossy().into_owned());
+    db.parent()
+        .unwrap_or(Path::new("/"))
+        .join(format!(".{name}-sluice"))
+}
+
 fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
     let _ = sd_notify::notify(state);
 }
 
 pub fn run(cfg: Config) -> Result<ExitCode> {
+    run_until(cfg, None)
+}
+
+/// Runs until SIGTERM/SIGINT, or until `stop` turns true (for in-process use).
+pub fn run_until(cfg: Config, stop: Option<watch::Receiver<bool>>) -> Result<ExitCode> {
     for db in &cfg.dbs {
         engine::check_database(&db.path)?;
     }
@@ -60,10 +75,10 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run_async(cfg))
+    rt.block_on(run_async(cfg, stop))
 }
 
-async fn run_async(cfg: Config) -> Result<ExitCode> {
+async fn run_async(cfg: Config, external_stop: Option<watch::Receiver<bool>>) -> Result<ExitCode> {
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = cfg.metrics_addr.clone() {
         tokio::spawn(metrics::serve(addr, metrics.clone()));
@@ -132,9 +147,22 @@ async fn run_async(cfg: Config) -> Result<ExitCode> {
                     return;
                 }
             };
+        let external = async move {
+            match external_stop {
+                Some(mut rx) => {
+                    while !*rx.borrow() {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: final sync, then exit"),
             _ = tokio::signal::ctrl_c() => info!("SIGINT: final sync, then exit"),
+            _ = external => info!("stop requested: final sync, then exit"),
         }
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
         let _ = s2.send(true);
