@@ -75,25 +75,34 @@ fn wait_replica(replica: &Path, txid: u64) {
     panic!("replica never received TXID {txid:x}");
 }
 
-/// Waits until the daemon has captured everything committed so far and the
-/// replica holds it; returns the TXID.
+/// The staging position's checksum.
+fn position_checksum(db: &Path) -> String {
+    let p = db.parent().unwrap().join(format!(
+        ".{}-sluice/position.json",
+        db.file_name().unwrap().to_str().unwrap()
+    ));
+    std::fs::read(&p)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["checksum"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Waits until the daemon has captured everything committed so far (its
+/// position's checksum equals the source's committed state; the application
+/// must be quiet) and the replica holds it; returns the TXID.
 fn settle(db: &Path, replica: &Path) -> u64 {
-    let mut last = 0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    // Stable for 600 ms (several sync intervals) means caught up.
-    let mut stable_since = Instant::now();
+    let want = state_checksum(db);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        let t = position_txid(db);
-        if t != last {
-            last = t;
-            stable_since = Instant::now();
-        } else if last > 0 && stable_since.elapsed() > Duration::from_millis(600) {
-            wait_replica(replica, last);
-            return last;
+        if position_checksum(db) == want {
+            let t = position_txid(db);
+            wait_replica(replica, t);
+            return t;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("daemon never settled");
+    panic!("daemon never reached the source's state {want}");
 }
 
 /// The LTX checksum of the database's committed state (main file + WAL).
@@ -895,4 +904,57 @@ fn levels_snapshots_retention_metrics_and_systemd_notify() {
     let o = sluice(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&out2).unwrap(), std::fs::read(&db).unwrap());
+}
+
+/// A transaction that grows the database past the 1 GiB lock page (page
+/// size 65536: the lock page is 16385), then a write after it.
+#[test]
+fn a_transaction_past_the_lock_page_replicates_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    create_table(&db, 65536);
+    let cfg = write_config(
+        dir.path(),
+        &db,
+        &format!("file://{}", replica.display()),
+        "",
+        "",
+    );
+    let d = Daemon::start_ready(&cfg, &dir.path().join("sluice.log"));
+    let c = open_app(&db, 65536);
+    // SQLite caps one value at 1e9 bytes: two values in one transaction.
+    c.execute_batch(
+        "BEGIN; INSERT INTO t(v, b) VALUES ('big1', zeroblob(560000000));
+         INSERT INTO t(v, b) VALUES ('big2', zeroblob(560000000)); COMMIT;",
+    )
+    .unwrap();
+    let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+    assert!(pages > 16385, "database has only {pages} pages");
+    let t1 = settle(&db, &replica);
+    let at_t1 = state_checksum(&db);
+    c.execute("INSERT INTO t(v, b) VALUES ('after', randomblob(1000))", [])
+        .unwrap();
+    drop(c);
+    let t2 = settle(&db, &replica);
+    assert!(t2 > t1);
+    d.stop_ok();
+    let out = dir.path().join("restored.db");
+    assert_eq!(restore_l0(&replica.join("ltx/0"), t1, &out), at_t1);
+    let got = restore_l0(&replica.join("ltx/0"), t2, &out);
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    assert_eq!(got, stdout(&sluice(&["ltx", "checksum", s(&db)])).trim());
+    let ok: String = Connection::open(&out)
+        .unwrap()
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    let n: i64 = Connection::open(&out)
+        .unwrap()
+        .query_row("SELECT count(*) FROM t WHERE v = 'after'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
 }
