@@ -958,3 +958,78 @@ fn a_transaction_past_the_lock_page_replicates_and_restores() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+/// A 1 MiB tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let o = run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", s(path)]));
+        assert!(o.status.success(), "mount tmpfs (the suite runs as root): {}", stderr(&o));
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_staging_disk_is_reported_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    let staging = dir.path().join("staging");
+    let fs = Tmpfs::mount(&staging, "1m");
+    create_table(&db, 4096);
+    let cfg = write_config(
+        dir.path(),
+        &db,
+        &format!("file://{}", replica.display()),
+        &format!("    staging-dir: {}\n", staging.display()),
+        "",
+    );
+    let d = Daemon::start_ready(&cfg, &dir.path().join("sluice.log"));
+    // Fill the staging disk, then commit more than it can hold.
+    let filler = staging.join("filler");
+    let _ = std::fs::write(&filler, vec![1u8; 900 * 1024]);
+    let c = open_app(&db, 4096);
+    c.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 300)
+         INSERT INTO t(v, b) SELECT 'big ' || i, randomblob(1000) FROM n;",
+    )
+    .unwrap();
+    assert!(d.wait_for_log("No space left on device", Duration::from_secs(20)), "{}", d.log_text());
+    // The application keeps working meanwhile.
+    c.execute("INSERT INTO t(v) VALUES ('during the outage')", []).unwrap();
+    std::fs::remove_file(&filler).unwrap();
+    drop(c);
+    settle_with(&db, &staging, &replica);
+    d.stop_ok();
+    drop(fs);
+    let out = dir.path().join("restored.db");
+    let got = restore_l0(&replica.join("ltx/0"), u64::MAX, &out);
+    Connection::open(&db).unwrap().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    assert_eq!(got, stdout(&sluice(&["ltx", "checksum", s(&db)])).trim());
+}
+
+/// `settle` for a database with its own staging directory.
+fn settle_with(db: &Path, staging: &Path, replica: &Path) -> u64 {
+    let want = state_checksum(db);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let pos: Option<serde_json::Value> = std::fs::read(staging.join("position.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(p) = pos {
+            if p["checksum"].as_str() == Some(want.as_str()) {
+                let t = p["txid"].as_u64().unwrap();
+                wait_replica(replica, t);
+                return t;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("daemon never reached the source's state {want}");
+}
