@@ -205,15 +205,7 @@ impl ReplicaStore for LocalStore {
                 .map_err(|e| s.io_err("get range", &key2, e))?
                 .len();
             if offset >= size {
-                return Err(StoreError::Other {
-                    store: s.describe(),
-                    op: "get range",
-                    key: key2,
-                    detail: format!(
-                        "offset {offset} is at or past the end of the {size}-byte object"
-                    ),
-                    retryable: false,
-                });
+                return Err(crate::memory::past_end(&s.describe(), &key2, offset, size));
             }
             let n = len.min(size - offset) as usize;
             let mut buf = vec![0u8; n];

@@ -163,14 +163,19 @@ pub(crate) fn range_of(
 ) -> Result<Vec<u8>> {
     let size = data.len() as u64;
     if offset >= size {
-        return Err(StoreError::Other {
-            store: store.to_string(),
-            op: "get range",
-            key: key.to_string(),
-            detail: format!("offset {offset} is at or past the end of the {size}-byte object"),
-            retryable: false,
-        });
+        return Err(past_end(store, key, offset, size));
     }
     let end = offset.saturating_add(len).min(size);
     Ok(data[offset as usize..end as usize].to_vec())
+}
+
+/// The error for a ranged read starting at or past the end of an object.
+pub(crate) fn past_end(store: &str, key: &str, offset: u64, size: u64) -> StoreError {
+    StoreError::Other {
+        store: store.to_string(),
+        op: "get range",
+        key: key.to_string(),
+        detail: format!("offset {offset} is at or past the end of the {size}-byte object"),
+        retryable: false,
+    }
 }

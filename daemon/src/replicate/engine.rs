@@ -295,11 +295,7 @@ impl Engine {
     }
 
     fn table_checksum(&self) -> Checksum {
-        let mut s = DbChecksum::new();
-        for &c in &self.pages {
-            s.toggle(c);
-        }
-        s.value()
+        table_sum(&self.pages)
     }
 
     /// Writes an L0 file holding every page (a snapshot when `txid` is 1).
@@ -491,14 +487,10 @@ impl Engine {
                 enc.encode_page(pgno, data)?;
                 table[idx] = checksum_page(pgno, data);
             }
-            let mut s = DbChecksum::new();
-            for &c in &table {
-                s.toggle(c);
-            }
             let post = if no_checksum {
                 Checksum::ZERO
             } else {
-                s.value()
+                table_sum(&table)
             };
             enc.finish(post)?;
             Ok(())
@@ -618,6 +610,15 @@ fn newest_position(pos: Option<Position>, l0_dir: &Path) -> Result<Option<Positi
         wal_checksum1: 0,
         wal_checksum2: 0,
     }))
+}
+
+/// The database checksum of a page-checksum table (XOR, bit 63 forced).
+fn table_sum(table: &[u64]) -> Checksum {
+    let mut s = DbChecksum::new();
+    for &c in table {
+        s.toggle(c);
+    }
+    s.value()
 }
 
 fn read_wal_header(wp: &Path) -> Result<Option<WalHeader>> {
