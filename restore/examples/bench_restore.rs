@@ -235,7 +235,8 @@ fn main() -> Res<()> {
             ))?;
             std::thread::sleep(Duration::from_millis(if i % 10 == 9 { 400 } else { 150 }));
         }
-        // Let Litestream catch up: L0 stable for 3 s, and an L1 pass after it.
+        // Let Litestream ship the last transaction (L0 stable for 1.5 s), and
+        // stop it before the next L1 pass: the newest TXIDs stay in L0 only.
         let deadline = Instant::now() + Duration::from_secs(300);
         let mut last = None;
         let mut since = Instant::now();
@@ -247,7 +248,7 @@ fn main() -> Res<()> {
             if now != last {
                 last = now;
                 since = Instant::now();
-            } else if since.elapsed() > Duration::from_secs(8) {
+            } else if since.elapsed() > Duration::from_millis(1500) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(500));
@@ -277,20 +278,21 @@ fn main() -> Res<()> {
     if l.bytes < 512 << 20 && a.size_mib >= 512 {
         return Err(format!("replica is only {} bytes", l.bytes).into());
     }
-    // Sluice's plan, for the record.
+    // Sluice's plan, for the record: files per level.
     let o = Command::new(&a.sluice)
         .args(["restore", "--dry-run", "-o"])
         .arg(a.work.join("plan.db"))
         .arg(&url)
         .output()?;
-    log(&format!(
-        "sluice plan: {}",
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .next()
-            .unwrap_or_default()
-    ));
-
+    let plan = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut levels = std::collections::BTreeMap::<String, usize>::new();
+    for line in plan.lines().skip(2) {
+        if let Some(l) = line.split_whitespace().next() {
+            *levels.entry(format!("L{l}")).or_default() += 1;
+        }
+    }
+    let plan_head = plan.lines().next().unwrap_or_default().to_string();
+    log(&format!("sluice {plan_head}; files per level {levels:?}"));
     let ls_out = a.work.join("litestream-restored.db");
     let sl_out = a.work.join("sluice-restored.db");
     let (mut ls_runs, mut sl_runs) = (Vec::new(), Vec::new());
@@ -350,11 +352,12 @@ fn main() -> Res<()> {
         a.rounds,
         sr as f64 / 1024.0
     );
+    println!("sluice {plan_head}; files per level {levels:?}");
     println!(
-        "speed-up: {:.2}x ({:.0} MB/s vs {:.0} MB/s of replica); RSS ratio sluice/litestream: {:.2}",
+        "speed-up: {:.2}x ({:.0} MB/s vs {:.0} MB/s of restored database); peak RSS sluice/litestream: {:.2}",
         lw / sw,
-        l.bytes as f64 / sw / 1e6,
-        l.bytes as f64 / lw / 1e6,
+        db_bytes as f64 / sw / 1e6,
+        db_bytes as f64 / lw / 1e6,
         sr as f64 / lr as f64
     );
     Ok(())

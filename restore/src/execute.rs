@@ -595,8 +595,15 @@ pub async fn restore(
     let full = opts.verify == Verify::All || metas.iter().any(|m| m.header.no_checksum());
 
     // 3. Page ownership (later files win; later truncations drop pages).
+    // Owners are kept for the pages some file holds (bounded by the indexes
+    // fetched, never by a header field); pages beyond are zeros.
     let lock = lock_pgno(ps);
-    let mut owners = vec![0u32; commit as usize];
+    let max_held = metas
+        .iter()
+        .flat_map(|m| m.index.entries.iter().map(|e| e.pgno))
+        .max()
+        .unwrap_or(0);
+    let mut owners = vec![0u32; commit.min(max_held) as usize];
     let mut suffix_min = vec![u32::MAX; metas.len() + 1];
     for i in (0..metas.len()).rev() {
         suffix_min[i] = suffix_min[i + 1].min(metas[i].header.commit);
@@ -604,7 +611,7 @@ pub async fn restore(
     for (i, m) in metas.iter().enumerate() {
         let keep = suffix_min[i];
         for e in &m.index.entries {
-            if e.pgno >= 1 && e.pgno <= keep && e.pgno != lock {
+            if e.pgno >= 1 && e.pgno <= keep && e.pgno != lock && e.pgno as usize <= owners.len() {
                 owners[e.pgno as usize - 1] = i as u32 + 1;
             }
         }
@@ -672,10 +679,6 @@ pub async fn restore(
             e,
         )
     };
-    let db_len = u64::from(commit) * u64::from(ps.get());
-    tmp.as_file()
-        .set_len(db_len)
-        .map_err(|e| io_err("sizing", e))?;
     let out_file = Arc::new(
         tmp.as_file()
             .try_clone()
@@ -816,6 +819,13 @@ pub async fn restore(
             db_sum ^= shifts.page_checksum(pgno, shifts.zero_page_crc) & !CHECKSUM_FLAG;
         }
     }
+    let tail_from = owners.len() as u32 + 1;
+    if tail_from <= commit {
+        db_sum ^= shifts.zero_pages_sum(tail_from, commit);
+        if (tail_from..=commit).contains(&lock) {
+            db_sum ^= shifts.zero_pages_sum(lock, lock);
+        }
+    }
     let checksum = Checksum(CHECKSUM_FLAG | db_sum);
     let post = last_post;
     if tracked_end && checksum != post {
@@ -831,6 +841,9 @@ pub async fn restore(
             actual: checksum,
         });
     }
+    // Only now, every file verified, is the size (a header field) applied.
+    let db_len = u64::from(commit) * u64::from(ps.get());
+    out_file.set_len(db_len).map_err(|e| io_err("sizing", e))?;
     drop(out_file);
 
     // 7. Integrity check, fsync, rename.

@@ -225,11 +225,14 @@ async fn a_corrupted_file_is_named_with_its_rule_and_nothing_is_written() {
     let store: Arc<dyn ReplicaStore> = mem.clone();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.db");
-    // (offset, expected rule): a page byte, the header timestamp, the file checksum.
     let n = bytes.len();
+    // A page byte, the header timestamp, the top byte of Commit (about two
+    // billion pages: nothing may be sized by it before it is verified), the
+    // file checksum.
     for (off, rule) in [
         (2000usize, None),
         (33, Some(Rule::FileChecksum)),
+        (12, Some(Rule::FileChecksum)),
         (n - 3, Some(Rule::FileChecksum)),
     ] {
         bytes[off] ^= 0x40;
@@ -460,4 +463,36 @@ async fn integrity_check_passes_real_databases_and_stops_garbage() {
     assert!(matches!(e, RestoreError::Integrity { .. }), "{e}");
     assert!(!out.exists());
     assert_eq!(dir_names(dir.path()).len(), 2);
+}
+
+/// The same for a checksum-carrying chain, where only needed pages are
+/// fetched: a huge Commit in the last file is caught by the final database
+/// checksum, and the file is then named by verifying each one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_commit_in_a_checksum_carrying_chain_is_named() {
+    let v = vectors();
+    let mem = Arc::new(MemoryStore::new());
+    for e in std::fs::read_dir(v.join("go-reference/stamped")).unwrap() {
+        let p = e.unwrap().path();
+        let key = format!("ltx/0/{}", p.file_name().unwrap().to_str().unwrap());
+        let mut bytes = std::fs::read(&p).unwrap();
+        if key.ends_with("0000000000000014-0000000000000014.ltx") {
+            bytes[12] ^= 0x80;
+        }
+        mem.put(&key, &PutSource::Bytes(bytes), PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+    let store: Arc<dyn ReplicaStore> = mem;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.db");
+    let e = restore_to(&store, Target::Latest, &out, &Options::default())
+        .await
+        .unwrap_err();
+    let RestoreError::Corrupt { key, error } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(key, "ltx/0/0000000000000014-0000000000000014.ltx");
+    assert_eq!(error.rule(), Some(Rule::FileChecksum), "{e}");
+    assert!(dir_names(dir.path()).is_empty());
 }
