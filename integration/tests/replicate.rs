@@ -965,8 +965,19 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn mount(path: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(path).unwrap();
-        let o = run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", s(path)]));
-        assert!(o.status.success(), "mount tmpfs (the suite runs as root): {}", stderr(&o));
+        let o = run(Command::new("mount").args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            s(path),
+        ]));
+        assert!(
+            o.status.success(),
+            "mount tmpfs (the suite runs as root): {}",
+            stderr(&o)
+        );
         Tmpfs(path.to_path_buf())
     }
 }
@@ -1002,9 +1013,14 @@ fn a_full_staging_disk_is_reported_and_nothing_is_lost() {
          INSERT INTO t(v, b) SELECT 'big ' || i, randomblob(1000) FROM n;",
     )
     .unwrap();
-    assert!(d.wait_for_log("No space left on device", Duration::from_secs(20)), "{}", d.log_text());
+    assert!(
+        d.wait_for_log("No space left on device", Duration::from_secs(20)),
+        "{}",
+        d.log_text()
+    );
     // The application keeps working meanwhile.
-    c.execute("INSERT INTO t(v) VALUES ('during the outage')", []).unwrap();
+    c.execute("INSERT INTO t(v) VALUES ('during the outage')", [])
+        .unwrap();
     std::fs::remove_file(&filler).unwrap();
     drop(c);
     settle_with(&db, &staging, &replica);
@@ -1012,7 +1028,10 @@ fn a_full_staging_disk_is_reported_and_nothing_is_lost() {
     drop(fs);
     let out = dir.path().join("restored.db");
     let got = restore_l0(&replica.join("ltx/0"), u64::MAX, &out);
-    Connection::open(&db).unwrap().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
     assert_eq!(got, stdout(&sluice(&["ltx", "checksum", s(&db)])).trim());
 }
 
@@ -1021,7 +1040,9 @@ fn settle_with(db: &Path, staging: &Path, replica: &Path) -> u64 {
     let want = state_checksum(db);
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        let pos: Option<serde_json::Value> = std::fs::read(staging.join("position.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let pos: Option<serde_json::Value> = std::fs::read(staging.join("position.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         if let Some(p) = pos {
             if p["checksum"].as_str() == Some(want.as_str()) {
                 let t = p["txid"].as_u64().unwrap();

@@ -458,7 +458,7 @@ impl ReplicaStore for S3Store {
                 detail: format!("body: {e}"),
                 retryable: true,
             })?;
-            let mut v = data.into_bytes().to_vec();
+            let mut v: Vec<u8> = data.into_bytes().into();
             v.truncate(len as usize);
             Ok(v)
         })
