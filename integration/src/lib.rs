@@ -203,3 +203,70 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// The Garage that `integration/scripts/test-all.sh` starts and describes in
+/// `SLUICE_S3_*` and the AWS credential variables.
+#[derive(Debug, Clone)]
+pub struct Garage {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub key_id: String,
+    pub secret: String,
+}
+
+/// The running Garage, or `None` without one (the caller's test then
+/// returns early and says so). `SLUICE_REQUIRE_GARAGE=1`, set by the test
+/// command, turns a missing Garage into a failure: no S3 test passes by
+/// skipping there.
+pub fn garage() -> Option<Garage> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let g = (|| {
+        Some(Garage {
+            endpoint: get("SLUICE_S3_ENDPOINT")?,
+            region: get("SLUICE_S3_REGION")?,
+            bucket: get("SLUICE_S3_BUCKET")?,
+            key_id: get("AWS_ACCESS_KEY_ID")?,
+            secret: get("AWS_SECRET_ACCESS_KEY")?,
+        })
+    })();
+    if g.is_none() {
+        assert!(
+            get("SLUICE_REQUIRE_GARAGE").is_none(),
+            "SLUICE_REQUIRE_GARAGE is set but SLUICE_S3_* are not: start Garage with integration/scripts/garage.sh"
+        );
+        eprintln!("skipped: no Garage (run integration/scripts/test-all.sh)");
+    }
+    g
+}
+
+impl Garage {
+    /// A replica URL under `prefix` in the test bucket.
+    pub fn url(&self, prefix: &str) -> String {
+        format!(
+            "s3://{}/{prefix}?endpoint={}&region={}&force-path-style=true",
+            self.bucket, self.endpoint, self.region
+        )
+    }
+}
+
+/// `name-<nanoseconds>`: a prefix no other run uses.
+pub fn unique(name: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{name}-{n:x}")
+}
+
+/// The `.ltx` files of a directory, sorted; none if it does not exist.
+pub fn ltx_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "ltx"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}

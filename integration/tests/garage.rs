@@ -8,71 +8,22 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use integration::{litestream_bin, run, sluice, stderr, stdout};
+use integration::{garage, litestream_bin, run, sluice, stderr, stdout, unique, Garage};
 use s3_backend::conformance::{run_all, Expect};
 use s3_backend::retry::{RetryPolicy, RetryingStore, Shutdown};
 use s3_backend::s3::{S3Config, S3Store, MIN_PART_SIZE};
 use s3_backend::{PutMode, PutSource, ReplicaStore, StoreError};
 
-struct Garage {
-    endpoint: String,
-    region: String,
-    bucket: String,
-    key_id: String,
-    secret: String,
-}
-
-/// The Garage the test command started, or `None` when running without one
-/// (then the test says so; `SLUICE_REQUIRE_GARAGE=1`, set by the test command,
-/// turns that into a failure).
-fn garage() -> Option<Garage> {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let g = (|| {
-        Some(Garage {
-            endpoint: get("SLUICE_S3_ENDPOINT")?,
-            region: get("SLUICE_S3_REGION")?,
-            bucket: get("SLUICE_S3_BUCKET")?,
-            key_id: get("AWS_ACCESS_KEY_ID")?,
-            secret: get("AWS_SECRET_ACCESS_KEY")?,
-        })
-    })();
-    if g.is_none() {
-        assert!(
-            get("SLUICE_REQUIRE_GARAGE").is_none(),
-            "SLUICE_REQUIRE_GARAGE is set but SLUICE_S3_* are not: start Garage with integration/scripts/garage.sh"
-        );
-        eprintln!("skipped: no Garage (run integration/scripts/test-all.sh)");
-    }
-    g
-}
-
-impl Garage {
-    fn config(&self) -> S3Config {
-        let mut c = S3Config::new(&self.bucket);
-        c.endpoint = Some(self.endpoint.clone());
-        c.region = Some(self.region.clone());
-        c.force_path_style = true;
-        c.access_key_id = Some(self.key_id.clone());
-        c.secret_access_key = Some(self.secret.clone());
-        c.part_size = MIN_PART_SIZE;
-        c.attempt_timeout = Duration::from_secs(60);
-        c
-    }
-
-    fn url(&self, prefix: &str) -> String {
-        format!(
-            "s3://{}/{prefix}?endpoint={}&region={}&force-path-style=true",
-            self.bucket, self.endpoint, self.region
-        )
-    }
-}
-
-fn unique(name: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{n:x}/")
+fn s3_config(g: &Garage) -> S3Config {
+    let mut c = S3Config::new(&g.bucket);
+    c.endpoint = Some(g.endpoint.clone());
+    c.region = Some(g.region.clone());
+    c.force_path_style = true;
+    c.access_key_id = Some(g.key_id.clone());
+    c.secret_access_key = Some(g.secret.clone());
+    c.part_size = MIN_PART_SIZE;
+    c.attempt_timeout = Duration::from_secs(60);
+    c
 }
 
 fn quick_policy() -> RetryPolicy {
@@ -89,15 +40,20 @@ fn quick_policy() -> RetryPolicy {
 async fn conformance_garage() {
     let Some(g) = garage() else { return };
     let scratch = tempfile::tempdir().unwrap();
-    let store = S3Store::connect(g.config()).await.unwrap();
+    let store = S3Store::connect(s3_config(&g)).await.unwrap();
     let expect = Expect {
         // Garage ignores If-None-Match on PUT: the probe must see that.
         conditional_put: false,
         large_object_bytes: 64 * 1024 * 1024,
     };
-    run_all(&store, &unique("conformance"), scratch.path(), &expect)
-        .await
-        .unwrap();
+    run_all(
+        &store,
+        &format!("{}/", unique("conformance")),
+        scratch.path(),
+        &expect,
+    )
+    .await
+    .unwrap();
     // And through the retry wrapper, as Sluice uses it.
     let wrapped = RetryingStore::new(store, quick_policy(), Shutdown::never());
     let expect = Expect {
@@ -106,7 +62,7 @@ async fn conformance_garage() {
     };
     run_all(
         &wrapped,
-        &unique("conformance-retry"),
+        &format!("{}/", unique("conformance-retry")),
         scratch.path(),
         &expect,
     )
@@ -117,12 +73,12 @@ async fn conformance_garage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_multipart_upload_is_aborted_and_invisible() {
     let Some(g) = garage() else { return };
-    let mut store = S3Store::connect(g.config()).await.unwrap();
+    let mut store = S3Store::connect(s3_config(&g)).await.unwrap();
     store.fail_multipart_after(2);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big.bin");
     std::fs::write(&file, vec![5u8; (3 * MIN_PART_SIZE) as usize]).unwrap();
-    let key = format!("{}big.ltx", unique("abort"));
+    let key = format!("{}/big.ltx", unique("abort"));
     let e = store
         .put(&key, &PutSource::File(file), PutMode::Overwrite)
         .await
@@ -151,7 +107,7 @@ async fn expect_error_within(cfg: S3Config, bound: Duration) -> StoreError {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_fail_fast_and_clearly() {
     let Some(g) = garage() else { return };
-    let mut wrong = g.config();
+    let mut wrong = s3_config(&g);
     wrong.secret_access_key = Some("0".repeat(64));
     let e = expect_error_within(wrong, Duration::from_secs(15)).await;
     assert!(matches!(e, StoreError::Auth { .. }), "{e:?}");
@@ -161,7 +117,7 @@ async fn bad_inputs_fail_fast_and_clearly() {
         "{msg}"
     );
 
-    let mut missing = g.config();
+    let mut missing = s3_config(&g);
     missing.bucket = "no-such-bucket-here".into();
     let e = expect_error_within(missing, Duration::from_secs(15)).await;
     assert!(matches!(e, StoreError::NoSuchBucket { .. }), "{e:?}");
@@ -172,7 +128,7 @@ async fn bad_inputs_fail_fast_and_clearly() {
     );
 
     // A closed loopback port: retried a bounded number of times, then reported.
-    let mut unreachable = g.config();
+    let mut unreachable = s3_config(&g);
     unreachable.endpoint = Some("http://127.0.0.1:9".into());
     unreachable.connect_timeout = Duration::from_secs(2);
     let e = expect_error_within(unreachable, Duration::from_secs(30)).await;
@@ -216,7 +172,7 @@ fn sluice_ls_matches_litestream_ltx_for_a_litestream_replica_on_garage() {
         c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
             .unwrap();
     }
-    let prefix = unique("litestream").trim_end_matches('/').to_string();
+    let prefix = unique("litestream");
     let cfg = dir.path().join("litestream.yml");
     std::fs::write(
         &cfg,

@@ -5,17 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use integration::{litestream_bin, run, sluice, stderr, stdout, vectors_dir};
-
-fn ltx_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "ltx"))
-        .collect();
-    v.sort();
-    v
-}
+use integration::{litestream_bin, ltx_files, run, sluice, stderr, stdout, vectors_dir};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

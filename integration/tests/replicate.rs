@@ -7,23 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration::{litestream_bin, run, sluice, stderr, stdout, Daemon};
+use integration::{garage, litestream_bin, ltx_files, run, sluice, stderr, stdout, unique, Daemon};
 use rusqlite::Connection;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn ltx_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "ltx"))
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    v.sort();
-    v
 }
 
 fn write_config(dir: &Path, db: &Path, url: &str, extra_db: &str, extra_replica: &str) -> PathBuf {
@@ -631,39 +619,6 @@ fn an_unreachable_replica_is_retried_and_nothing_is_lost() {
         rows,
         ["before the store came up", "while the store was down"]
     );
-}
-
-struct Garage {
-    endpoint: String,
-    region: String,
-    bucket: String,
-}
-
-fn garage() -> Option<Garage> {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let g = (|| {
-        Some(Garage {
-            endpoint: get("SLUICE_S3_ENDPOINT")?,
-            region: get("SLUICE_S3_REGION")?,
-            bucket: get("SLUICE_S3_BUCKET")?,
-        })
-    })();
-    if g.is_none() {
-        assert!(
-            get("SLUICE_REQUIRE_GARAGE").is_none(),
-            "SLUICE_REQUIRE_GARAGE is set but SLUICE_S3_* are not"
-        );
-        eprintln!("skipped: no Garage");
-    }
-    g
-}
-
-fn unique(name: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{n:x}")
 }
 
 /// Downloads a Garage replica's L0 files into `dir` (through the real store).

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use integration::{litestream_bin, run, sluice, sluice_bin, stderr, stdout, vectors_dir};
+use integration::{
+    garage, litestream_bin, run, sluice, sluice_bin, stderr, stdout, unique, vectors_dir,
+};
 use ltx_format::{
     checksum_database, compact, format_filename, CompactOptions, Encoder, Header, PageSize, Txid,
 };
@@ -738,52 +740,6 @@ fn a_full_disk_leaves_nothing_at_the_output_path() {
 
 // ---------------------------------------------------------------------------
 // Garage
-
-struct Garage {
-    endpoint: String,
-    region: String,
-    bucket: String,
-    key_id: String,
-    secret: String,
-}
-
-fn garage() -> Option<Garage> {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let g = (|| {
-        Some(Garage {
-            endpoint: get("SLUICE_S3_ENDPOINT")?,
-            region: get("SLUICE_S3_REGION")?,
-            bucket: get("SLUICE_S3_BUCKET")?,
-            key_id: get("AWS_ACCESS_KEY_ID")?,
-            secret: get("AWS_SECRET_ACCESS_KEY")?,
-        })
-    })();
-    if g.is_none() {
-        assert!(
-            get("SLUICE_REQUIRE_GARAGE").is_none(),
-            "SLUICE_REQUIRE_GARAGE is set but SLUICE_S3_* are not: start Garage with integration/scripts/garage.sh"
-        );
-        eprintln!("skipped: no Garage (run integration/scripts/test-all.sh)");
-    }
-    g
-}
-
-impl Garage {
-    fn url(&self, prefix: &str) -> String {
-        format!(
-            "s3://{}/{prefix}?endpoint={}&region={}&force-path-style=true",
-            self.bucket, self.endpoint, self.region
-        )
-    }
-}
-
-fn unique(name: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{n:x}")
-}
 
 /// The L0 TXIDs under an S3 replica.
 fn l0_max(rt: &tokio::runtime::Runtime, u: &str) -> Option<u64> {
