@@ -108,7 +108,7 @@ impl<'a> DbSource<'a> {
 /// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, fsync dir.
 pub fn write_ltx<F>(dir: &Path, name: &str, write: F) -> Result<PathBuf>
 where
-    F: FnOnce(&mut BufWriter<&File>) -> Result<()>,
+    F: FnOnce(&mut BufWriter<SyncEvery<'_>>) -> Result<()>,
 {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(name);
@@ -125,16 +125,55 @@ where
         .truncate(true)
         .open(&tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
-    {
-        let mut w = BufWriter::new(&f);
+    let written = (|| -> Result<()> {
+        let mut w = BufWriter::new(SyncEvery::new(&f));
         write(&mut w)?;
         w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        Ok(())
+    })()
+    .with_context(|| format!("writing {}", tmp.display()));
+    if let Err(e) = written {
+        // A full disk or a failed encode leaves nothing behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    f.sync_all()
-        .with_context(|| format!("fsync {}", tmp.display()))?;
     std::fs::rename(&tmp, &path)?;
     File::open(dir)?.sync_all()?;
     Ok(path)
+}
+
+/// A file writer that flushes to disk every 16 MiB, so a large file (a
+/// snapshot) never leaves a gigabyte of dirty pages for one final fsync that
+/// would stall the application's own fsyncs on the same disk.
+#[derive(Debug)]
+pub struct SyncEvery<'a> {
+    f: &'a File,
+    unsynced: usize,
+}
+
+impl<'a> SyncEvery<'a> {
+    const CHUNK: usize = 16 << 20;
+
+    pub fn new(f: &'a File) -> Self {
+        SyncEvery { f, unsynced: 0 }
+    }
+}
+
+impl std::io::Write for SyncEvery<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = (&mut &*self.f).write(buf)?;
+        self.unsynced += n;
+        if self.unsynced >= Self::CHUNK {
+            self.f.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 pub fn now_ms() -> i64 {

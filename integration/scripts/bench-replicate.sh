@@ -3,7 +3,8 @@
 # Litestream 0.5.17 against one fresh Garage (loopback S3), in one run; prints
 # both figures, their ratio and whether issue 4's targets are met
 # (integration/src/bin/bench_replicate.rs explains each measurement).
-#   integration/scripts/bench-replicate.sh [--quick] [--phases sparse,steady,throughput,snapshot] [--snapshot-mib N]
+#   integration/scripts/bench-replicate.sh [--quick] [--phases sparse,steady,throughput,snapshot]
+#       [--snapshot-mib N] [--logs DIR] [--sluice-log-level debug]
 # Needs: garage 2.5 (integration/scripts/garage.sh install) and Litestream
 # (integration/scripts/install-deps.sh). About 10 minutes on 2 cores; uses
 # about 6 GiB of disk under ${TMPDIR:-/tmp} for the 1 GiB snapshot phase.
@@ -14,6 +15,8 @@ litestream=${SLUICE_LITESTREAM:-$root/.tools/litestream-venv/bin/litestream}
 [ -x "$litestream" ] || { echo "Litestream not found at $litestream: run integration/scripts/install-deps.sh" >&2; exit 1; }
 
 cargo build --release -p sluice -p integration
+
+echo "sluice tree: $(git describe --always --dirty 2>/dev/null || echo unknown)" >&2
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench-replicate.XXXXXX")
 cleanup() { integration/scripts/garage.sh stop "$dir/garage" >/dev/null 2>&1 || true; rm -rf "$dir"; }

@@ -40,6 +40,8 @@ pub struct Synced {
     pub bytes: u64,
     /// A full-page file written because continuity could not be proven.
     pub full: bool,
+    /// Application transactions (commit frames) in the file.
+    pub transactions: u64,
 }
 
 pub struct Engine {
@@ -365,6 +367,7 @@ impl Engine {
             pages: commit as usize,
             bytes,
             full: true,
+            transactions: 0,
         })
     }
 
@@ -508,6 +511,7 @@ impl Engine {
             pages: frames.pages.len(),
             bytes,
             full: false,
+            transactions: frames.transactions,
         }))
     }
 
@@ -551,13 +555,19 @@ impl Engine {
         if !force && self.wal_frames() < u64::from(self.checkpoint_pages) {
             return Ok(None);
         }
+        // First, without blocking writers: copy what is shipped. Our pin (begun
+        // before the last sync read the WAL) stops the copy at shipped frames.
+        let idle = 1 - self.held;
+        let _ = self.conns[idle].query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        // Then seal briefly: take the write lock so nothing new commits, ship
+        // the few frames written since, copy them, release.
         if self.writer.execute_batch("BEGIN IMMEDIATE").is_err() {
             // A long write transaction: try again at the next sync.
             return Ok(None);
         }
         let shipped = self.sync();
         let result = shipped.and_then(|s| {
-            // Our own read pins would stop the checkpoint from finishing.
+            // Our own read pin would stop the checkpoint from finishing.
             end_read(&self.conns[self.held]);
             let r: rusqlite::Result<(i64, i64, i64)> =
                 self.conns[self.held].query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {

@@ -363,9 +363,10 @@ async fn run_db(
     let retention = db.retention.0;
     let mut up_tasks = Vec::new();
     for (up, interval) in uploaders.into_iter().zip(intervals) {
+        let pace = (interval > sync_interval).then_some(interval);
         up_tasks.push(tokio::spawn(upload_loop(
             up,
-            interval,
+            pace,
             retention,
             txid_rx.clone(),
             stop.clone(),
@@ -373,6 +374,7 @@ async fn run_db(
             m.clone(),
         )));
     }
+
     // Wait for a stop request or a failed database.
     loop {
         if db_stop.load(Ordering::Relaxed) {
@@ -403,6 +405,34 @@ async fn run_db(
             db.path.display()
         )),
         None => Ok(()),
+    }
+}
+
+/// Transactions per sync interval above which the load counts as steady.
+const STEADY_TRANSACTIONS: u64 = 8;
+
+/// One inotify watch, moved between the WAL and its directory.
+struct WalWatch {
+    watcher: Option<notify::RecommendedWatcher>,
+    current: Option<PathBuf>,
+}
+
+impl WalWatch {
+    fn set(&mut self, target: Option<PathBuf>) {
+        let Some(w) = self.watcher.as_mut() else {
+            return;
+        };
+        if self.current == target {
+            return;
+        }
+        if let Some(old) = self.current.take() {
+            let _ = w.unwatch(&old);
+        }
+        if let Some(t) = target {
+            if w.watch(&t, RecursiveMode::NonRecursive).is_ok() {
+                self.current = Some(t);
+            }
+        }
     }
 }
 
@@ -438,26 +468,25 @@ fn capture_loop(
 
     let (ev_tx, ev_rx) = mpsc::channel();
     let wal = wal_path(db);
+    let dir = db.parent().unwrap_or(Path::new("/")).to_path_buf();
     let watched = wal.clone();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            if ev.paths.iter().any(|p| p == &watched) {
-                let _ = ev_tx.send(());
+    let mut watch = WalWatch {
+        watcher: notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                if ev.paths.iter().any(|p| p == &watched) {
+                    let _ = ev_tx.send(());
+                }
             }
-        }
-    })
-    .and_then(|mut w| {
-        w.watch(
-            db.parent().unwrap_or(Path::new("/")),
-            RecursiveMode::NonRecursive,
-        )?;
-        Ok(w)
-    });
-    if let Err(e) = &watcher {
-        warn!("file-system events unavailable ({e}); polling the WAL instead");
-    }
+        })
+        .map_err(|e| warn!("file-system events unavailable ({e}); polling the WAL instead"))
+        .ok(),
+        current: None,
+    };
     let poll = sync_interval.min(Duration::from_secs(1));
     let mut last_sync = Instant::now() - sync_interval;
+    // Transactions shipped recently: under steady load (many per interval)
+    // at most one L0 per interval; otherwise each write ships at once.
+    let mut recent: std::collections::VecDeque<(Instant, u64)> = Default::default();
     let mut errors_in_row = 0u32;
     loop {
         if db_stop.load(Ordering::Relaxed) {
@@ -465,14 +494,29 @@ fn capture_loop(
         }
         let stopping = graceful.load(Ordering::Relaxed);
         if !stopping {
+            // Watch the WAL itself (its directory until it exists).
+            watch.set(Some(if wal.exists() {
+                wal.clone()
+            } else {
+                dir.clone()
+            }));
             let woke = ev_rx.recv_timeout(poll).is_ok();
             if woke {
                 // Debounce a burst of writes from one commit.
                 std::thread::sleep(Duration::from_millis(3));
                 while ev_rx.try_recv().is_ok() {}
-                // Under steady load: at most one L0 per interval.
+                while recent
+                    .front()
+                    .is_some_and(|(t, _)| t.elapsed() > sync_interval)
+                {
+                    recent.pop_front();
+                }
+                let steady = recent.iter().map(|(_, n)| n).sum::<u64>() >= STEADY_TRANSACTIONS;
                 let since = last_sync.elapsed();
-                if since < sync_interval {
+                if steady && since < sync_interval {
+                    // Events are of no use until the interval ends: stop
+                    // watching meanwhile (each write would wake the watcher).
+                    watch.set(None);
                     let until = Instant::now() + (sync_interval - since);
                     while Instant::now() < until
                         && !graceful.load(Ordering::Relaxed)
@@ -497,8 +541,9 @@ fn capture_loop(
             Ok((a, b)) => {
                 errors_in_row = 0;
                 for s in [a, b].into_iter().flatten() {
-                    tracing::debug!(txid = %s.txid, pages = s.pages, bytes = s.bytes, file = %s.path.display(), "synced");
+                    tracing::debug!(txid = %s.txid, pages = s.pages, bytes = s.bytes, transactions = s.transactions, file = %s.path.display(), "synced");
                     last_sync = Instant::now();
+                    recent.push_back((last_sync, s.transactions));
                     if s.full {
                         m.full_files.fetch_add(1, Ordering::Relaxed);
                     }
@@ -521,7 +566,7 @@ fn capture_loop(
             break;
         }
     }
-    drop(watcher);
+    drop(watch);
     engine.close();
     // Uploaders drain what is staged, then end.
     let _ = txid_tx.send(u64::MAX);
@@ -529,7 +574,7 @@ fn capture_loop(
 
 async fn upload_loop(
     mut up: Uploader,
-    interval: Duration,
+    pace: Option<Duration>,
     retention: Duration,
     mut txid_rx: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
@@ -606,10 +651,12 @@ async fn upload_loop(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.changed() => {}
         }
-        if let Some(t) = last_upload {
+        // Capture already paces L0 files at the shortest interval; a replica
+        // with a longer one batches its uploads to that.
+        if let (Some(t), Some(pace)) = (last_upload, pace) {
             let since = t.elapsed();
-            if since < interval && !*stop.borrow() {
-                tokio::time::sleep(interval - since).await;
+            if since < pace && !*stop.borrow() {
+                tokio::time::sleep(pace - since).await;
             }
         }
     }

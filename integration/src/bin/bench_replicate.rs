@@ -13,7 +13,9 @@
 //!
 //! Options: `--quick` (a short smoke run with small sizes), `--phases
 //! sparse,steady,throughput,snapshot` (a subset), `--work-dir DIR` (default: a
-//! temporary directory), `--snapshot-mib N` (default 1024), `--keep-objects`.
+//! temporary directory), `--logs DIR` (keep every sidecar log there),
+//! `--sluice-log-level LEVEL` (default info; `info,sluice=debug` logs every
+//! sync), `--snapshot-mib N` (default 1024), `--keep-objects`.
 //!
 //! How each figure is measured:
 //! - lag: the app commits one small row per transaction; right after each
@@ -24,7 +26,9 @@
 //!   offset, size and salts, written by both sidecars), and a commit is
 //!   durable when the first object whose WAL range holds the commit's end
 //!   appeared. Lag = first-seen time - commit return time.
-//! - throughput: one-row transactions in a tight loop for a fixed time.
+//! - throughput: one-row transactions in a tight loop for a fixed time, in
+//!   the order none, Sluice, Litestream, Litestream, Sluice, none (half the
+//!   time each), so that a drift of the machine's load cancels out.
 //! - restart: bytes under the replica prefix after a clean stop, a restart
 //!   and one small write, minus bytes before the restart.
 //! - snapshot stall: the longest write transaction of an app writing every
@@ -65,6 +69,8 @@ struct Opts {
     phases: Vec<String>,
     work_dir: Option<PathBuf>,
     keep_objects: bool,
+    logs: Option<PathBuf>,
+    sluice_log_level: String,
     sparse_tx: usize,
     sparse_mean: Duration,
     steady_rate: u32,
@@ -85,6 +91,8 @@ impl Opts {
                 .collect(),
             work_dir: None,
             keep_objects: false,
+            logs: None,
+            sluice_log_level: "info".into(),
             sparse_tx: 60,
             sparse_mean: Duration::from_millis(500),
             steady_rate: 200,
@@ -109,6 +117,14 @@ impl Opts {
                         }
                     }
                 }
+                "--sluice-log-level" => {
+                    o.sluice_log_level = args.next().context("--sluice-log-level needs a level")?;
+                }
+                "--logs" => {
+                    o.logs = Some(PathBuf::from(
+                        args.next().context("--logs needs a directory")?,
+                    ))
+                }
                 "--work-dir" => {
                     o.work_dir = Some(PathBuf::from(
                         args.next().context("--work-dir needs a directory")?,
@@ -120,7 +136,7 @@ impl Opts {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "usage: bench_replicate [--quick] [--phases sparse,steady,throughput,snapshot] [--work-dir DIR] [--snapshot-mib N] [--keep-objects]"
+                        "usage: bench_replicate [--quick] [--phases sparse,steady,throughput,snapshot] [--work-dir DIR] [--logs DIR] [--sluice-log-level LEVEL] [--snapshot-mib N] [--keep-objects]"
                     );
                     std::process::exit(0);
                 }
@@ -475,12 +491,12 @@ struct SidecarSpec {
 }
 
 impl SidecarSpec {
-    fn config_text(&self, g: &Garage) -> String {
+    fn config_text(&self, g: &Garage, sluice_log_level: &str) -> String {
         let db = self.db.display();
         match self.kind {
             // Defaults everywhere (sync-interval 1s) but the snapshot interval.
             Kind::Sluice => format!(
-                "log-level: info\ndbs:\n  - path: \"{db}\"\n{snap}    replicas:\n      - type: s3\n        bucket: {b}\n        path: {p}\n        endpoint: {e}\n        region: {r}\n        force-path-style: true\n        access-key-id: {k}\n        secret-access-key: {s}\n",
+                "log-level: \"{sluice_log_level}\"\ndbs:\n  - path: \"{db}\"\n{snap}    replicas:\n      - type: s3\n        bucket: {b}\n        path: {p}\n        endpoint: {e}\n        region: {r}\n        force-path-style: true\n        access-key-id: {k}\n        secret-access-key: {s}\n",
                 snap = self
                     .snapshot_interval
                     .map_or(String::new(), |i| format!("    snapshot-interval: {i}\n")),
@@ -513,13 +529,16 @@ struct Sidecar {
     child: Child,
     log: PathBuf,
     exited: Option<std::process::ExitStatus>,
+    /// Copy the log here when the process ends.
+    keep_log: Option<PathBuf>,
 }
 
 impl Sidecar {
-    fn start(spec: &SidecarSpec, g: &Garage, bins: &Bins) -> Result<Sidecar> {
+    fn start(spec: &SidecarSpec, ctx: &Ctx) -> Result<Sidecar> {
+        let (g, bins) = (&ctx.garage, &ctx.bins);
         let name = spec.kind.name();
         let cfg = spec.dir.join(format!("{name}.yml"));
-        write_private(&cfg, &spec.config_text(g))?;
+        write_private(&cfg, &spec.config_text(g, &ctx.opts.sluice_log_level))?;
         let log = spec.dir.join(format!("{name}.log"));
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -543,15 +562,21 @@ impl Sidecar {
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // Litestream logs to stdout, Sluice to stderr.
+            .stdout(f.try_clone()?)
             .stderr(f)
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
+        let keep_log = ctx.opts.logs.as_ref().map(|d| {
+            let slot = spec.prefix.rsplit('/').next().unwrap_or(name);
+            d.join(format!("{slot}.log"))
+        });
         Ok(Sidecar {
             kind: spec.kind,
             child,
             log,
             exited: None,
+            keep_log,
         })
     }
 
@@ -614,6 +639,32 @@ impl Sidecar {
         Ok((ticks(11)? + ticks(12)?) / clock_ticks())
     }
 
+    /// CPU seconds per thread name, largest first.
+    fn thread_cpu(&self) -> Vec<(String, f64)> {
+        let mut by_name: HashMap<String, f64> = HashMap::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return Vec::new();
+        };
+        for t in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let name = stat[open + 1..close].to_string();
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let ticks: f64 = [11, 12]
+                .iter()
+                .filter_map(|i| f.get(*i).and_then(|v| v.parse::<f64>().ok()))
+                .sum();
+            *by_name.entry(name).or_default() += ticks / clock_ticks();
+        }
+        let mut v: Vec<(String, f64)> = by_name.into_iter().collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
+
     /// VmHWM (peak resident set), in KiB.
     fn peak_rss_kib(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
@@ -661,6 +712,9 @@ impl Drop for Sidecar {
         if self.exited.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if let Some(to) = &self.keep_log {
+            let _ = std::fs::copy(&self.log, to);
         }
     }
 }
@@ -770,6 +824,8 @@ impl WalPos {
 #[derive(Debug, Clone, Copy)]
 struct Commit {
     done: Instant,
+    /// Wall clock of `done`, to find the commit in the sidecars' logs.
+    wall: std::time::SystemTime,
     salt1: u32,
     salt2: u32,
     end: u64,
@@ -790,9 +846,11 @@ fn run_schedule(db: &Path, offsets: &[Duration], tag: &str) -> Result<(Vec<Commi
         }
         stmt.execute([format!("{tag} {i} {PAD}")])?;
         let done = Instant::now();
+        let wall = std::time::SystemTime::now();
         let (salt1, salt2, end) = wal.read()?;
         commits.push(Commit {
             done,
+            wall,
             salt1,
             salt2,
             end,
@@ -865,6 +923,8 @@ struct LagStats {
     p50: Duration,
     p99: Duration,
     max: Duration,
+    /// The three longest lags: (commit wall clock, lag).
+    worst: Vec<(std::time::SystemTime, Duration)>,
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -877,15 +937,23 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 
 fn lag_stats(commits: &[Commit], headers: &Headers) -> LagStats {
     let mut lags = Vec::new();
+    let mut worst = Vec::new();
     let mut unmatched = 0;
     for c in commits {
         match headers.durable_at(c) {
-            Some(at) => lags.push(at.saturating_duration_since(c.done)),
+            Some(at) => {
+                let lag = at.saturating_duration_since(c.done);
+                lags.push(lag);
+                worst.push((c.wall, lag));
+            }
             None => unmatched += 1,
         }
     }
     lags.sort();
+    worst.sort_by_key(|w| std::cmp::Reverse(w.1));
+    worst.truncate(3);
     LagStats {
+        worst,
         n: commits.len(),
         unmatched,
         p50: percentile(&lags, 0.50),
@@ -956,7 +1024,7 @@ fn sparse_phase(ctx: &Ctx, kind: Kind) -> Result<SparseResult> {
         POLL_EVERY,
         Duration::from_secs(300),
     )?;
-    let mut sc = Sidecar::start(&spec, &ctx.garage, &ctx.bins)?;
+    let mut sc = Sidecar::start(&spec, ctx)?;
     poller.wait_first(&mut sc, Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_millis(1500));
     let mut rng = Rng(0x5eed_1234_abcd_0001);
@@ -1000,7 +1068,7 @@ fn sparse_phase(ctx: &Ctx, kind: Kind) -> Result<SparseResult> {
         .unwrap_or_default()
         .matches(kind.ready_line())
         .count();
-    let mut sc = Sidecar::start(&spec, &ctx.garage, &ctx.bins)?;
+    let mut sc = Sidecar::start(&spec, ctx)?;
     sc.wait_ready_line(ready_before, Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_millis(1000));
     let (c, _) = run_schedule(&db, &[Duration::ZERO], "after restart")?;
@@ -1049,6 +1117,8 @@ fn sparse_phase(ctx: &Ctx, kind: Kind) -> Result<SparseResult> {
 #[derive(Debug, Default)]
 struct SteadyResult {
     lag: LagStats,
+    cpu_ready_s: f64,
+    threads: Vec<(String, f64)>,
     objects: usize,
     achieved_rate: f64,
     cpu_s: f64,
@@ -1075,9 +1145,10 @@ fn steady_phase(ctx: &Ctx, kind: Kind) -> Result<SteadyResult> {
         POLL_EVERY,
         Duration::from_secs(300),
     )?;
-    let mut sc = Sidecar::start(&spec, &ctx.garage, &ctx.bins)?;
+    let mut sc = Sidecar::start(&spec, ctx)?;
     poller.wait_first(&mut sc, Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_millis(1500));
+    let cpu_ready_s = sc.cpu_seconds()?;
     let n = ctx.opts.steady_rate as u64 * ctx.opts.steady_secs;
     let period = Duration::from_secs(1) / ctx.opts.steady_rate;
     let offsets: Vec<Duration> = (0..n as u32).map(|i| period * i).collect();
@@ -1099,6 +1170,7 @@ fn steady_phase(ctx: &Ctx, kind: Kind) -> Result<SteadyResult> {
     }
     let cpu_s = sc.cpu_seconds()?;
     let rss_kib = sc.peak_rss_kib()?;
+    let threads = sc.thread_cpu();
     let stop_status = sc.stop(Duration::from_secs(30))?;
     let (_, polls, poll_errors) = poller.finish();
     let lag = lag_stats(&commits, &headers);
@@ -1107,6 +1179,8 @@ fn steady_phase(ctx: &Ctx, kind: Kind) -> Result<SteadyResult> {
         lag,
         objects: headers.by_key.len(),
         achieved_rate: commits.len() as f64 / took.as_secs_f64(),
+        cpu_ready_s,
+        threads,
         cpu_s,
         rss_kib,
         polls,
@@ -1119,12 +1193,16 @@ fn steady_phase(ctx: &Ctx, kind: Kind) -> Result<SteadyResult> {
 struct ThroughputResult {
     tps: f64,
     max_commit: Duration,
+    over_10ms: u64,
+    over_50ms: u64,
+    /// The three longest commits: (wall clock at their start, latency).
+    worst: Vec<(std::time::SystemTime, Duration)>,
     sidecar_cpu_s: f64,
 }
 
-fn throughput_phase(ctx: &Ctx, kind: Option<Kind>) -> Result<ThroughputResult> {
+fn throughput_phase(ctx: &Ctx, kind: Option<Kind>, slot: &str) -> Result<ThroughputResult> {
     let name = kind.map_or("none", Kind::name);
-    let (dir, prefix) = ctx.slot(&format!("throughput-{name}"))?;
+    let (dir, prefix) = ctx.slot(&format!("throughput-{slot}"))?;
     let db = dir.join("app.db");
     create_db(&db, 0)?;
     let mut sc = match kind {
@@ -1136,7 +1214,7 @@ fn throughput_phase(ctx: &Ctx, kind: Option<Kind>) -> Result<ThroughputResult> {
                 dir: dir.clone(),
                 snapshot_interval: None,
             };
-            let mut sc = Sidecar::start(&spec, &ctx.garage, &ctx.bins)?;
+            let mut sc = Sidecar::start(&spec, ctx)?;
             let deadline = Instant::now() + Duration::from_secs(60);
             while ctx.bucket.list(&level_dir(&prefix, 0))?.is_empty() {
                 sc.check_alive()?;
@@ -1159,10 +1237,12 @@ fn throughput_phase(ctx: &Ctx, kind: Option<Kind>) -> Result<ThroughputResult> {
     };
     let c = open_app(&db)?;
     let mut stmt = c.prepare("INSERT INTO t(v) VALUES (?1)")?;
-    let limit = Duration::from_secs(ctx.opts.throughput_secs);
+    let limit = Duration::from_millis(ctx.opts.throughput_secs * 500);
     let start = Instant::now();
     let mut n: u64 = 0;
     let mut max_commit = Duration::ZERO;
+    let (mut over_10ms, mut over_50ms) = (0u64, 0u64);
+    let mut worst: Vec<(std::time::SystemTime, Duration)> = Vec::new();
     let mut buf = String::with_capacity(128);
     // Bounded by time, and by count as a backstop.
     while n < 100_000_000 {
@@ -1174,7 +1254,15 @@ fn throughput_phase(ctx: &Ctx, kind: Option<Kind>) -> Result<ThroughputResult> {
         buf.push_str(PAD);
         buf.push_str(&n.to_string());
         stmt.execute([&buf])?;
-        max_commit = max_commit.max(t.elapsed());
+        let took = t.elapsed();
+        if took > Duration::from_millis(5) && worst.iter().filter(|w| w.1 >= took).count() < 3 {
+            worst.push((std::time::SystemTime::now() - took, took));
+            worst.sort_by_key(|w| std::cmp::Reverse(w.1));
+            worst.truncate(3);
+        }
+        max_commit = max_commit.max(took);
+        over_10ms += u64::from(took > Duration::from_millis(10));
+        over_50ms += u64::from(took > Duration::from_millis(50));
         n += 1;
     }
     let took = start.elapsed();
@@ -1192,6 +1280,9 @@ fn throughput_phase(ctx: &Ctx, kind: Option<Kind>) -> Result<ThroughputResult> {
     Ok(ThroughputResult {
         tps: n as f64 / took.as_secs_f64(),
         max_commit,
+        over_10ms,
+        over_50ms,
+        worst,
         sidecar_cpu_s,
     })
 }
@@ -1223,6 +1314,10 @@ fn build_big(path: &Path, mib: u64) -> Result<()> {
     if mode != "wal" {
         bail!("{}: journal_mode is {mode}, not wal", path.display());
     }
+    drop(c);
+    // Written with synchronous=OFF: flush it now, or the first checkpoint's
+    // fsync during the measurement would write the whole gigabyte.
+    File::open(path)?.sync_all()?;
     Ok(())
 }
 
@@ -1231,6 +1326,10 @@ struct StallResult {
     writes: usize,
     max: Duration,
     max_at: Duration,
+    /// The three longest writes: (offset from the start, latency).
+    top: Vec<(Duration, Duration)>,
+    /// Wall clock at the start, to compare with the sidecar's log.
+    t0_wall: Option<std::time::SystemTime>,
     p99: Duration,
     over_50ms: usize,
     window: Duration,
@@ -1275,10 +1374,14 @@ fn stall_summary(samples: &[(Duration, Duration)]) -> StallResult {
         .iter()
         .max_by_key(|s| s.1)
         .map_or((Duration::ZERO, Duration::ZERO), |s| (s.0, s.1));
+    let mut top: Vec<(Duration, Duration)> = samples.to_vec();
+    top.sort_by_key(|s| std::cmp::Reverse(s.1));
+    top.truncate(3);
     StallResult {
         writes: samples.len(),
         max,
         max_at,
+        top,
         p99: percentile(&lat, 0.99),
         over_50ms: lat
             .iter()
@@ -1291,6 +1394,7 @@ fn stall_summary(samples: &[(Duration, Duration)]) -> StallResult {
 fn stall_run(ctx: &Ctx, kind: Option<Kind>, db: &Path, db_bytes: u64) -> Result<StallResult> {
     let name = kind.map_or("none", Kind::name);
     let t0 = Instant::now();
+    let t0_wall = std::time::SystemTime::now();
     let stop = Arc::new(AtomicBool::new(false));
     let Some(kind) = kind else {
         let w = stall_writer(db.to_path_buf(), t0, stop.clone(), Duration::from_secs(60));
@@ -1299,6 +1403,7 @@ fn stall_run(ctx: &Ctx, kind: Option<Kind>, db: &Path, db_bytes: u64) -> Result<
         let samples = w.join().map_err(|_| anyhow!("writer panicked"))??;
         let mut r = stall_summary(&samples);
         r.window = t0.elapsed();
+        r.t0_wall = Some(t0_wall);
         return Ok(r);
     };
     let dir = db.parent().context("db has no directory")?.to_path_buf();
@@ -1312,7 +1417,7 @@ fn stall_run(ctx: &Ctx, kind: Option<Kind>, db: &Path, db_bytes: u64) -> Result<
         snapshot_interval: Some("5s"),
     };
     let cap = ctx.opts.snapshot_cap;
-    let mut sc = Sidecar::start(&spec, &ctx.garage, &ctx.bins)?;
+    let mut sc = Sidecar::start(&spec, ctx)?;
     let w = stall_writer(
         db.to_path_buf(),
         t0,
@@ -1369,6 +1474,7 @@ fn stall_run(ctx: &Ctx, kind: Option<Kind>, db: &Path, db_bytes: u64) -> Result<
     }
     let mut s = stall_summary(&samples);
     s.window = window;
+    s.t0_wall = Some(t0_wall);
     s.l0_full_at = r.l0_full_at;
     s.l9_at = r.l9_at;
     s.note = notes.join("; ");
@@ -1429,6 +1535,7 @@ fn snapshot_phase(ctx: &Ctx) -> Result<SnapshotResult> {
             std::fs::rename(&base, &db)?;
         } else {
             std::fs::copy(&base, &db)?;
+            File::open(&db)?.sync_all()?;
         }
         eprintln!("  {}: snapshot of the big database", kind.name());
         let r = stall_run(ctx, Some(kind), &db, db_bytes)?;
@@ -1457,12 +1564,55 @@ impl Rng {
     }
 }
 
+/// The 1, 5 and 15 minute load averages (other work on the machine skews
+/// every figure).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// `HH:MM:SS.mmmZ`, to find a moment in the sidecars' logs.
+fn utc_time_of_day(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let s = d.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        d.subsec_millis()
+    )
+}
+
+/// "LAG for the commit at TIME, ..."
+fn worst(w: &[(std::time::SystemTime, Duration)]) -> String {
+    w.iter()
+        .map(|(t, d)| format!("{} at {}", ms(*d), utc_time_of_day(*t)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn ms(d: Duration) -> String {
     let v = d.as_secs_f64() * 1000.0;
     if v < 10.0 {
         format!("{v:.1} ms")
     } else {
         format!("{v:.0} ms")
+    }
+}
+
+/// Mean transactions per second of the loops of one kind.
+fn mean_tps(runs: &[(Option<Kind>, ThroughputResult)], kind: Option<Kind>) -> f64 {
+    let v: Vec<f64> = runs
+        .iter()
+        .filter(|(k, _)| *k == kind)
+        .map(|(_, r)| r.tps)
+        .collect();
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
     }
 }
 
@@ -1517,7 +1667,9 @@ impl Table {
 struct Results {
     sparse: Option<(SparseResult, SparseResult)>,
     steady: Option<(SteadyResult, SteadyResult)>,
-    throughput: Option<(ThroughputResult, ThroughputResult, ThroughputResult)>,
+    /// Each loop in the order run: none, Sluice, Litestream, Litestream,
+    /// Sluice, none.
+    throughput: Option<Vec<(Option<Kind>, ThroughputResult)>>,
     snapshot: Option<SnapshotResult>,
 }
 
@@ -1529,8 +1681,9 @@ fn report(ctx: &Ctx, r: &Results, total: Duration) {
         if o.quick { "; QUICK MODE (small sizes)" } else { "" }
     );
     println!(
-        "machine: {} cores; app: WAL, synchronous=NORMAL, page size {PAGE_SIZE}; lag resolution: bucket listed every {} ms",
+        "machine: {} cores, load average at the end {}; app: WAL, synchronous=NORMAL, page size {PAGE_SIZE}; lag resolution: bucket listed every {} ms",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg(),
         POLL_EVERY.as_millis()
     );
     println!();
@@ -1584,15 +1737,27 @@ fn report(ctx: &Ctx, r: &Results, total: Duration) {
             yes_no(s.lag.p99 <= Duration::from_millis(1200) && s.lag.unmatched == 0),
         ]);
     }
-    if let Some((n, s, l)) = &r.throughput {
-        let title = format!("app throughput ({} s loop)", o.throughput_secs);
-        let pct = if n.tps > 0.0 {
-            s.tps / n.tps * 100.0
+    if let Some(runs) = &r.throughput {
+        let title = format!(
+            "app throughput (2 x {} s loops)",
+            o.throughput_secs as f64 / 2.0
+        );
+        let none = mean_tps(runs, None);
+        let s = ThroughputResult {
+            tps: mean_tps(runs, Some(Kind::Sluice)),
+            ..ThroughputResult::default()
+        };
+        let l = ThroughputResult {
+            tps: mean_tps(runs, Some(Kind::Litestream)),
+            ..ThroughputResult::default()
+        };
+        let pct = if none > 0.0 {
+            s.tps / none * 100.0
         } else {
             0.0
         };
-        let lpct = if n.tps > 0.0 {
-            l.tps / n.tps * 100.0
+        let lpct = if none > 0.0 {
+            l.tps / none * 100.0
         } else {
             0.0
         };
@@ -1609,7 +1774,7 @@ fn report(ctx: &Ctx, r: &Results, total: Duration) {
             &format!("{pct:.1}%"),
             &format!("{lpct:.1}%"),
             "",
-            &format!("none: {:.0} tx/s", n.tps),
+            &format!("none: {none:.0} tx/s"),
             yes_no(pct >= 95.0),
         ]);
     }
@@ -1670,6 +1835,7 @@ fn report(ctx: &Ctx, r: &Results, total: Duration) {
                 x.lag.unmatched,
                 x.objects
             );
+            println!("    longest lags {k}: {}", worst(&x.lag.worst));
             if let Some(rr) = &x.restart {
                 println!(
                     "  restart {k}: +{} B in {} objects (L0 {} B): {}",
@@ -1692,16 +1858,35 @@ fn report(ctx: &Ctx, r: &Results, total: Duration) {
                 x.poll_errors,
                 x.stop_status.lines().next().unwrap_or("")
             );
+            println!(
+                "    {k}: CPU {:.2} s when ready (before the workload), {:.2} s at the end; longest lags {}",
+                x.cpu_ready_s,
+                x.cpu_s,
+                worst(&x.lag.worst)
+            );
+            let threads: Vec<String> = x
+                .threads
+                .iter()
+                .take(6)
+                .map(|(n, c)| format!("{n} {c:.2} s"))
+                .collect();
+            println!("    {k}: CPU by thread: {}", threads.join(", "));
         }
     }
-    if let Some((n, s, l)) = &r.throughput {
-        for (k, x) in [("none", n), ("sluice", s), ("litestream", l)] {
+    if let Some(runs) = &r.throughput {
+        for (kind, x) in runs {
+            let k = kind.map_or("none", Kind::name);
             println!(
-                "  throughput {k}: {:.0} tx/s, longest commit {}, sidecar CPU during the loop {:.2} s",
+                "  throughput {k}: {:.0} tx/s, longest commit {}, commits over 10 ms: {}, over 50 ms: {}, sidecar CPU during the loop {:.2} s",
                 x.tps,
                 ms(x.max_commit),
+                x.over_10ms,
+                x.over_50ms,
                 x.sidecar_cpu_s
             );
+            if !x.worst.is_empty() {
+                println!("    longest commits: {}", worst(&x.worst));
+            }
         }
     }
     if let Some(sn) = &r.snapshot {
@@ -1730,6 +1915,17 @@ fn report(ctx: &Ctx, r: &Results, total: Duration) {
                 at(x.l9_at),
                 if x.note.is_empty() { String::new() } else { format!(" ({})", x.note) }
             );
+            let top: Vec<String> = x
+                .top
+                .iter()
+                .map(|(at, d)| {
+                    let wall = x.t0_wall.map_or(String::new(), |w| {
+                        format!(" = {}", utc_time_of_day(w + *at))
+                    });
+                    format!("{} at +{:.2} s{wall}", ms(*d), at.as_secs_f64())
+                })
+                .collect();
+            println!("    longest writes {k}: {}", top.join(", "));
         }
     }
     println!("  total run time {:.0} s", total.as_secs_f64());
@@ -1743,6 +1939,9 @@ fn main() -> Result<()> {
     let garage = Garage::from_env()?;
     let bins = Bins::find()?;
     let bucket = Bucket::connect(&garage)?;
+    if let Some(d) = &opts.logs {
+        std::fs::create_dir_all(d)?;
+    }
     // Fails early, naming the endpoint, if Garage is not there.
     bucket
         .list("bench-replicate-probe/")
@@ -1773,7 +1972,8 @@ fn main() -> Result<()> {
         prefixes: RefCell::new(Vec::new()),
     };
     eprintln!(
-        "bench_replicate: sluice {}, litestream {}, bucket {} at {}, prefix {}, work dir {}",
+        "bench_replicate: load average {}; sluice {}, litestream {}, bucket {} at {}, prefix {}, work dir {}",
+        loadavg(),
         ctx.bins.sluice.display(),
         ctx.bins.litestream.display(),
         ctx.garage.bucket,
@@ -1815,10 +2015,21 @@ fn run_all(ctx: &Ctx) -> Result<Results> {
     }
     if ctx.opts.has("throughput") {
         say("maximal insert loop");
-        let n = throughput_phase(ctx, None)?;
-        let s = throughput_phase(ctx, Some(Kind::Sluice))?;
-        let l = throughput_phase(ctx, Some(Kind::Litestream))?;
-        r.throughput = Some((n, s, l));
+        // A, B, C, C, B, A: a linear drift of the machine's load cancels.
+        let order = [
+            None,
+            Some(Kind::Sluice),
+            Some(Kind::Litestream),
+            Some(Kind::Litestream),
+            Some(Kind::Sluice),
+            None,
+        ];
+        let mut runs = Vec::new();
+        for (i, kind) in order.into_iter().enumerate() {
+            let slot = format!("{}-{}", kind.map_or("none", Kind::name), i + 1);
+            runs.push((kind, throughput_phase(ctx, kind, &slot)?));
+        }
+        r.throughput = Some(runs);
     }
     if ctx.opts.has("snapshot") {
         say("snapshot write stall");
