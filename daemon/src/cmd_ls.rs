@@ -9,7 +9,7 @@ use s3_backend::retry::{RetryPolicy, Shutdown};
 use s3_backend::ReplicaUrl;
 use serde::Serialize;
 
-use crate::timefmt::rfc3339;
+use restore::time::format_system_time;
 
 #[derive(Debug, Serialize)]
 pub struct Entry {
@@ -40,7 +40,7 @@ pub async fn list_replica(url: &ReplicaUrl, policy: RetryPolicy) -> Result<Vec<E
                 min_txid: min.to_string(),
                 max_txid: max.to_string(),
                 size: o.size,
-                timestamp: o.last_modified.map(rfc3339).unwrap_or_default(),
+                timestamp: o.last_modified.map(format_system_time).unwrap_or_default(),
             });
         }
     }

@@ -8,7 +8,6 @@ mod cmd_restore;
 mod config;
 mod demo;
 mod replicate;
-mod timefmt;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -35,18 +35,40 @@ fn days_in_month(y: i64, m: u32) -> u32 {
     }
 }
 
-/// `2026-11-23T16:42:41.434Z` for milliseconds since the Unix epoch.
-pub fn format_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
+/// `2026-11-23T16:42:41` (no zone) for whole seconds since the Unix epoch.
+fn format_date_time(secs: i64) -> String {
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
     format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}",
         s / 3600,
         (s / 60) % 60,
-        s % 60,
+        s % 60
+    )
+}
+
+/// `2026-11-23T16:42:41.434Z` for milliseconds since the Unix epoch.
+pub fn format_ms(ms: i64) -> String {
+    format!(
+        "{}.{:03}Z",
+        format_date_time(ms.div_euclid(1000)),
         ms.rem_euclid(1000)
     )
+}
+
+/// `2026-11-23T16:42:41Z` (whole seconds, as `litestream ltx` prints) for
+/// milliseconds since the Unix epoch.
+pub fn format_secs(ms: i64) -> String {
+    format!("{}Z", format_date_time(ms.div_euclid(1000)))
+}
+
+/// [`format_secs`] of a system time.
+pub fn format_system_time(t: std::time::SystemTime) -> String {
+    let ms = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    };
+    format_secs(ms)
 }
 
 /// Parses an RFC 3339 date-time (`2026-11-23T16:42:41Z`,
@@ -184,5 +206,18 @@ mod tests {
             let e = parse_rfc3339(s).unwrap_err();
             assert!(e.contains("invalid RFC 3339 timestamp"), "{s}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn whole_seconds_like_litestream() {
+        assert_eq!(format_secs(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_secs(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(format_secs(1_795_452_161_999), "2026-11-23T16:42:41Z");
+        assert_eq!(format_ms(1_795_452_161_999), "2026-11-23T16:42:41.999Z");
     }
 }

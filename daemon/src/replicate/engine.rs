@@ -557,15 +557,19 @@ impl Engine {
         }
         // First, without blocking writers: copy what is shipped. Our pin (begun
         // before the last sync read the WAL) stops the copy at shipped frames.
+        let t0 = Instant::now();
         let idle = 1 - self.held;
         let _ = self.conns[idle].query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        let unlocked = t0.elapsed();
         // Then seal briefly: take the write lock so nothing new commits, ship
         // the few frames written since, copy them, release.
         if self.writer.execute_batch("BEGIN IMMEDIATE").is_err() {
             // A long write transaction: try again at the next sync.
             return Ok(None);
         }
+        let t1 = Instant::now();
         let shipped = self.sync();
+        let sealed_sync = t1.elapsed();
         let result = shipped.and_then(|s| {
             // Our own read pin would stop the checkpoint from finishing.
             end_read(&self.conns[self.held]);
@@ -583,6 +587,12 @@ impl Engine {
             Ok(s)
         });
         let _ = self.writer.execute_batch("ROLLBACK");
+        tracing::debug!(
+            unlocked_ms = unlocked.as_millis() as u64,
+            sealed_sync_ms = sealed_sync.as_millis() as u64,
+            sealed_total_ms = t1.elapsed().as_millis() as u64,
+            "checkpoint"
+        );
         result
     }
 
