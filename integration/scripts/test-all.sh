@@ -3,8 +3,6 @@
 # runs formatting and lint checks and the whole test suite (unit, property,
 # vector, CLI, and interoperability tests against the real peers).
 set -euo pipefail
-SECONDS=0
-export SECONDS
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 start=$(date +%s)
@@ -36,5 +34,5 @@ test_log="$garage_dir/cargo-test.log"
 cargo test --workspace --locked 2>&1 | tee "$test_log"
 
 # One closing line with the totals of every test binary.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
-     END { printf "\ndone in %ss\n", ENVIRON["SECONDS"]; printf "tests: %d passed, %d failed\n", p, f }' "$test_log"
+awk -v secs="$(( $(date +%s) - start ))" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "\ndone in %ss\n", secs; printf "tests: %d passed, %d failed\n", p, f }' "$test_log"
