@@ -559,7 +559,9 @@ impl Engine {
         // before the last sync read the WAL) stops the copy at shipped frames.
         let t0 = Instant::now();
         let idle = 1 - self.held;
-        let _ = self.conns[idle].query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        let unlocked_busy: i64 = self.conns[idle]
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(0))
+            .unwrap_or(1);
         let unlocked = t0.elapsed();
         // Then seal briefly: take the write lock so nothing new commits, ship
         // the few frames written since, copy them, release.
@@ -568,6 +570,7 @@ impl Engine {
             return Ok(None);
         }
         let t1 = Instant::now();
+        let mut sealed_result = (0, 0, 0);
         let shipped = self.sync();
         let sealed_sync = t1.elapsed();
         let result = shipped.and_then(|s| {
@@ -578,6 +581,7 @@ impl Engine {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 });
             let (busy, log, done) = r?;
+            sealed_result = (busy, log, done);
             if busy == 0 && log == done {
                 // Fully copied: the next writer restarts the WAL.
                 self.expect_restart = self.wal.map(|(h, _)| h);
@@ -587,7 +591,13 @@ impl Engine {
             Ok(s)
         });
         let _ = self.writer.execute_batch("ROLLBACK");
+        // Under a heavy write load the application's own autocheckpoint often
+        // holds the checkpoint lock: then ours report busy and copy nothing.
         tracing::debug!(
+            unlocked_busy,
+            sealed_busy = sealed_result.0,
+            sealed_log_frames = sealed_result.1,
+            sealed_copied_frames = sealed_result.2,
             unlocked_ms = unlocked.as_millis() as u64,
             sealed_sync_ms = sealed_sync.as_millis() as u64,
             sealed_total_ms = t1.elapsed().as_millis() as u64,
