@@ -721,12 +721,25 @@ fn replicates_to_garage_and_litestream_restores_a_compatible_replica() {
 
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+    // A few bounded attempts: a connection can be reset under load.
+    let mut last = String::new();
+    for _ in 0..5 {
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        if write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").is_ok() {
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1") {
+                return out;
+            }
+            last = out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    last
 }
 
 fn free_port() -> u16 {

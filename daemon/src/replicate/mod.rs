@@ -518,11 +518,18 @@ fn capture_loop(
                     // watching meanwhile (each write would wake the watcher).
                     watch.set(None);
                     let until = Instant::now() + (sync_interval - since);
+                    let mut flushed = Instant::now();
                     while Instant::now() < until
                         && !graceful.load(Ordering::Relaxed)
                         && !db_stop.load(Ordering::Relaxed)
                     {
                         std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+                        // Steady load grows the WAL: keep its dirty pages
+                        // flowing to disk from this thread.
+                        if flushed.elapsed() >= Duration::from_millis(100) {
+                            engine.flush_wal();
+                            flushed = Instant::now();
+                        }
                     }
                     while ev_rx.try_recv().is_ok() {}
                 }
