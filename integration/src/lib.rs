@@ -5,6 +5,31 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// The database checksum after each TXID 1..=0x14 of the Litestream vector
+/// replica (from the vectors README).
+pub const VECTOR_CHECKSUMS: [&str; 20] = [
+    "9803c2bdb5bb35fc",
+    "d619d3355c133625",
+    "c4a7931480503295",
+    "d07d8c0639a0d4ec",
+    "fae4a7ff7c3f2fa2",
+    "d17de21d786b8f7a",
+    "d4b69f054bde4d82",
+    "c4761307155edea3",
+    "d5107cfe876248a5",
+    "b1d39c37bac43d57",
+    "e6a5fdfd81264fd9",
+    "cde6468369b05a9f",
+    "dba004b3ae7b8d5b",
+    "fbc8833f5cc76614",
+    "b4832159c9ed526b",
+    "dcce1424f29054c0",
+    "9824554a3c09c390",
+    "f6c22240ca2083f9",
+    "d9d15be1cd81bb12",
+    "ec7d0b4286c9da50",
+];
+
 /// `shared/ltx-vectors`, beside the project root (override with `SLUICE_VECTORS`).
 pub fn vectors_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("SLUICE_VECTORS") {
@@ -172,6 +197,14 @@ impl Daemon {
             "sluice exited with {code:?}; log:\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
+    }
+
+    /// Waits (bounded) for the daemon to exit by itself with a non-zero
+    /// status, having logged `needle`.
+    pub fn expect_failure(&mut self, needle: &str, timeout: std::time::Duration) {
+        let code = self.wait(timeout);
+        assert_ne!(code, Some(0), "sluice exited 0; log:\n{}", self.log_text());
+        assert!(self.log_text().contains(needle), "{}", self.log_text());
     }
 
     /// SIGKILL: the crash.

@@ -458,14 +458,7 @@ fn a_second_writer_on_the_same_replica_is_stopped() {
     } else {
         (b, &mut a, &dbs[1])
     };
-    assert_ne!(loser.wait(Duration::from_secs(5)), Some(0));
-    assert!(
-        loser
-            .log_text()
-            .contains("another writer owns this replica"),
-        "{}",
-        loser.log_text()
-    );
+    loser.expect_failure("another writer owns this replica", Duration::from_secs(5));
     settle(wdb, &replica);
     winner.stop_ok();
     // Nothing interleaved: the replica restores to the winner's database.
@@ -481,13 +474,7 @@ fn a_second_writer_on_the_same_replica_is_stopped() {
         &daemons[if a_alive { 1 } else { 0 }].0,
         &dir.path().join("late.log"),
     );
-    let code = late.wait(Duration::from_secs(20));
-    assert_ne!(code, Some(0));
-    assert!(
-        late.log_text().contains("another writer owns this replica"),
-        "{}",
-        late.log_text()
-    );
+    late.expect_failure("another writer owns this replica", Duration::from_secs(20));
 }
 
 #[test]
@@ -550,13 +537,7 @@ fn a_database_deleted_while_replicated_stops_with_an_error() {
     settle(&db, &replica);
     std::fs::remove_file(&db).unwrap();
     let _ = std::fs::remove_file(dir.path().join("app.db-wal"));
-    let code = d.wait(Duration::from_secs(20));
-    assert_ne!(code, Some(0));
-    assert!(
-        d.log_text().contains("was deleted while replicated"),
-        "{}",
-        d.log_text()
-    );
+    d.expect_failure("was deleted while replicated", Duration::from_secs(20));
 }
 
 #[test]

@@ -20,28 +20,7 @@ use ltx_format::{
 };
 
 /// Expected database checksum at TXID 1..=0x14 (vectors README).
-const SUMS: [&str; 20] = [
-    "9803c2bdb5bb35fc",
-    "d619d3355c133625",
-    "c4a7931480503295",
-    "d07d8c0639a0d4ec",
-    "fae4a7ff7c3f2fa2",
-    "d17de21d786b8f7a",
-    "d4b69f054bde4d82",
-    "c4761307155edea3",
-    "d5107cfe876248a5",
-    "b1d39c37bac43d57",
-    "e6a5fdfd81264fd9",
-    "cde6468369b05a9f",
-    "dba004b3ae7b8d5b",
-    "fbc8833f5cc76614",
-    "b4832159c9ed526b",
-    "dcce1424f29054c0",
-    "9824554a3c09c390",
-    "f6c22240ca2083f9",
-    "d9d15be1cd81bb12",
-    "ec7d0b4286c9da50",
-];
+const SUMS: [&str; 20] = integration::VECTOR_CHECKSUMS;
 
 /// L0 header times (ms) of the vector replica, TXID 1..=0x14.
 const TIMES: [i64; 20] = [
