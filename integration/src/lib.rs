@@ -303,3 +303,36 @@ pub fn ltx_files(dir: &std::path::Path) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// Starts `litestream replicate` for `db` to `prefix` in the test Garage, with
+/// level-1 compaction every `l1_interval`; `extra_db` adds lines to the
+/// database entry (indented four spaces). The config goes in `dir`.
+pub fn litestream_replicate_to_garage(
+    g: &Garage,
+    db: &std::path::Path,
+    prefix: &str,
+    l1_interval: &str,
+    extra_db: &str,
+    dir: &std::path::Path,
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    let cfg = dir.join("litestream.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "levels:\n  - interval: {l1_interval}\n\
+             dbs:\n  - path: {}\n    monitor-interval: 100ms\n{extra_db}    replica:\n      type: s3\n      bucket: {}\n      path: {prefix}\n      endpoint: {}\n      region: {}\n      force-path-style: true\n      access-key-id: {}\n      secret-access-key: {}\n      sync-interval: 200ms\n",
+            db.display(), g.bucket, g.endpoint, g.region, g.key_id, g.secret
+        ),
+    )
+    .expect("write litestream.yml");
+    Command::new(litestream_bin())
+        .arg("replicate")
+        .arg("-config")
+        .arg(&cfg)
+        .env_remove("AWS_CA_BUNDLE")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn litestream replicate")
+}

@@ -173,23 +173,15 @@ fn sluice_ls_matches_litestream_ltx_for_a_litestream_replica_on_garage() {
             .unwrap();
     }
     let prefix = unique("litestream");
-    let cfg = dir.path().join("litestream.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "levels:\n  - interval: 2s\n\
-             dbs:\n  - path: {}\n    monitor-interval: 100ms\n    replica:\n      type: s3\n      bucket: {}\n      path: {prefix}\n      endpoint: {}\n      region: {}\n      force-path-style: true\n      access-key-id: {}\n      secret-access-key: {}\n      sync-interval: 200ms\n",
-            db.display(), g.bucket, g.endpoint, g.region, g.key_id, g.secret
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(&ls)
-        .args(["replicate", "-config", cfg.to_str().unwrap()])
-        .env_remove("AWS_CA_BUNDLE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = integration::litestream_replicate_to_garage(
+        &g,
+        &db,
+        &prefix,
+        "2s",
+        "",
+        dir.path(),
+        Stdio::piped(),
+    );
     for round in 0..6 {
         write_rows(&db, round * 10, round * 10 + 10);
         std::thread::sleep(Duration::from_millis(700));

@@ -792,23 +792,15 @@ fn restores_a_replica_litestream_writes_to_garage() {
             .unwrap();
     }
     let prefix = unique("restore-litestream");
-    let cfg = dir.path().join("litestream.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "levels:\n  - interval: 4s\n\
-             dbs:\n  - path: {}\n    monitor-interval: 100ms\n    checkpoint-interval: 1h\n    replica:\n      type: s3\n      bucket: {}\n      path: {prefix}\n      endpoint: {}\n      region: {}\n      force-path-style: true\n      access-key-id: {}\n      secret-access-key: {}\n      sync-interval: 200ms\n",
-            db.display(), g.bucket, g.endpoint, g.region, g.key_id, g.secret
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(&ls)
-        .args(["replicate", "-config", s(&cfg)])
-        .env_remove("AWS_CA_BUNDLE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = integration::litestream_replicate_to_garage(
+        &g,
+        &db,
+        &prefix,
+        "4s",
+        "    checkpoint-interval: 1h\n",
+        dir.path(),
+        Stdio::null(),
+    );
     let u = g.url(&prefix);
     // Wait until the replica's L0 stops moving; returns its last TXID.
     let settle = |after: Option<u64>| -> u64 {
