@@ -257,10 +257,29 @@ impl S3Store {
     }
 
     async fn body(&self, key: &str, src: &PutSource, offset: u64, len: u64) -> Result<ByteStream> {
+        const SMALL_BODY: u64 = 8 << 20;
         match src {
             PutSource::Bytes(b) => {
                 let end = (offset + len) as usize;
                 Ok(ByteStream::from(b[offset as usize..end].to_vec()))
+            }
+            // A small file is read at once: a file-backed stream reads through
+            // the blocking pool, a thread hop per chunk.
+            PutSource::File(p) if len <= SMALL_BODY => {
+                let read = || -> std::io::Result<Vec<u8>> {
+                    use std::os::unix::fs::FileExt;
+                    let f = std::fs::File::open(p)?;
+                    let mut b = vec![0u8; len as usize];
+                    f.read_exact_at(&mut b, offset)?;
+                    Ok(b)
+                };
+                read().map(ByteStream::from).map_err(|e| StoreError::Other {
+                    store: self.name.clone(),
+                    op: "put",
+                    key: key.to_string(),
+                    detail: format!("cannot read {}: {e}", p.display()),
+                    retryable: false,
+                })
             }
             PutSource::File(p) => ByteStream::read_from()
                 .path(p)

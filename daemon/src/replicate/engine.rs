@@ -28,7 +28,7 @@ use ltx_format::{
 use rusqlite::{Connection, OpenFlags};
 use tracing::{info, warn};
 
-use super::position::{read_json, write_json, Position};
+use super::position::{read_json, write_json, write_json_durable, Position};
 use crate::capture::{now_ms, wal_path, write_ltx, DbSource};
 
 /// What one sync wrote.
@@ -42,7 +42,26 @@ pub struct Synced {
     pub full: bool,
     /// Application transactions (commit frames) in the file.
     pub transactions: u64,
+    /// WAL bytes the file covers.
+    pub wal_bytes: u64,
 }
+
+/// Flush the WAL before sealing once this much was shipped since the last
+/// flush.
+const SEAL_FLUSH_BYTES: u64 = 1 << 20;
+
+/// Unshipped frames a checkpoint that is due ships under its seal.
+const SEAL_INLINE_FRAMES: u32 = 1024;
+
+/// WAL frames after which a pin on read mark 0 is moved at once: well below
+/// SQLite's default autocheckpoint threshold (1000 frames).
+const EARLY_REPIN_FRAMES: u32 = 256;
+
+/// The read buffer of WAL scans.
+const WAL_READ_BUFFER: usize = 256 << 10;
+
+/// How long a seal waits for the application's own checkpoint to finish.
+const SEAL_CHECKPOINT_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub struct Engine {
     db: PathBuf,
@@ -67,6 +86,24 @@ pub struct Engine {
     /// Database checksum after the last shipped TXID.
     last_post: Checksum,
     pub checkpoints: u64,
+    /// WAL bytes shipped since the WAL was last flushed to disk: an estimate
+    /// of its dirty pages (the application writes what we then ship).
+    unflushed: u64,
+    /// The `-shm` file, open for the engine's whole life (closing a
+    /// descriptor of it would drop SQLite's locks on it: our read pins).
+    /// Read only for scheduling hints, never for correctness.
+    shm: Option<File>,
+    /// Our pin is probably on read mark 0 (begun on a fully checkpointed
+    /// WAL). Such a reader blocks every backfill, and an application whose
+    /// WAL is past its autocheckpoint threshold then retries a futile
+    /// checkpoint over the whole WAL after each commit: move the pin (by a
+    /// sync) soon after the application writes.
+    zero_pin: bool,
+    /// Whether the last checkpoint attempt took the write lock.
+    sealed: bool,
+    /// Skip persisting the position in `sync_pinned` (the seal persists it
+    /// after releasing the write lock; the staged file is the truth meanwhile).
+    defer_persist: bool,
 }
 
 /// Refuses anything that is not an existing WAL-mode SQLite database, naming
@@ -120,14 +157,19 @@ fn open_conn(db: &Path) -> Result<Connection> {
 }
 
 fn begin_read(c: &Connection) -> Result<()> {
-    c.execute_batch("BEGIN")?;
+    // Cached statements: a sync begins and ends a read transaction each time.
+    c.prepare_cached("BEGIN")?.execute([])?;
     // A read transaction starts at the first read.
-    c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+    c.prepare_cached("SELECT 1 FROM sqlite_schema LIMIT 1")?
+        .query([])?
+        .next()?;
     Ok(())
 }
 
 fn end_read(c: &Connection) {
-    let _ = c.execute_batch("ROLLBACK");
+    if let Ok(mut st) = c.prepare_cached("ROLLBACK") {
+        let _ = st.execute([]);
+    }
 }
 
 fn parse_checksum(s: &str) -> Result<Checksum> {
@@ -154,7 +196,13 @@ impl Engine {
         begin_read(&conns[0])?;
         let position_path = staging.join("position.json");
         let l0_dir = staging.join("ltx").join("0");
-        let pos = newest_position(read_json(&position_path)?, &l0_dir)?;
+        // A position file a power failure left corrupt is recovered from the
+        // staged files (see `position`).
+        let saved = read_json(&position_path).unwrap_or_else(|e| {
+            warn!("{e:#}; recovering the position from the staged files");
+            None
+        });
+        let pos = newest_position(saved, &l0_dir)?;
         if pos.is_none() && replica_has_files {
             bail!(
                 "the replica already holds LTX files but {} has no position for them: another writer owns this replica, or this machine's staging directory was lost; use an empty replica path (or remove the old files)",
@@ -196,7 +244,13 @@ impl Engine {
             checkpoint_pages,
             last_post: Checksum::ZERO,
             checkpoints: 0,
+            unflushed: 0,
+            shm: None,
+            zero_pin: false,
+            sealed: false,
+            defer_persist: false,
         };
+        engine.shm = open_shm(db);
         let Some(pos) = pos else {
             let s = engine.write_full(Txid(1), None, "first run: initial snapshot")?;
             return Ok((engine, Some(s)));
@@ -368,30 +422,37 @@ impl Engine {
             bytes,
             full: true,
             transactions: 0,
+            wal_bytes: 0,
         })
     }
 
     fn persist(&self) -> Result<()> {
+        self.write_position(false)
+    }
+
+    fn write_position(&self, durable: bool) -> Result<()> {
         let (salt1, salt2, seq, offset, chk) = match &self.wal {
             Some((h, c)) => (h.salt1, h.salt2, h.checkpoint_seq, c.offset, c.checksum),
             None => (0, 0, 0, 0, (0, 0)),
         };
-        write_json(
-            &self.position_path,
-            &Position {
-                version: 1,
-                txid: self.txid.0,
-                checksum: self.last_post.to_string(),
-                page_size: self.page_size.get(),
-                commit: self.commit,
-                wal_salt1: salt1,
-                wal_salt2: salt2,
-                wal_checkpoint_seq: seq,
-                wal_offset: offset,
-                wal_checksum1: chk.0,
-                wal_checksum2: chk.1,
-            },
-        )
+        let pos = Position {
+            version: 1,
+            txid: self.txid.0,
+            checksum: self.last_post.to_string(),
+            page_size: self.page_size.get(),
+            commit: self.commit,
+            wal_salt1: salt1,
+            wal_salt2: salt2,
+            wal_checkpoint_seq: seq,
+            wal_offset: offset,
+            wal_checksum1: chk.0,
+            wal_checksum2: chk.1,
+        };
+        if durable {
+            write_json_durable(&self.position_path, &pos)
+        } else {
+            write_json(&self.position_path, &pos)
+        }
     }
 
     /// Ships every frame committed since the last sync as the next L0 file.
@@ -399,6 +460,10 @@ impl Engine {
         // Pin the WAL as it is now before reading it; release the old pin
         // only after shipping.
         let next = 1 - self.held;
+        // A reader begun on a fully checkpointed WAL takes read mark 0.
+        self.zero_pin = self
+            .shm_state()
+            .is_some_and(|s| s.max_frame == s.backfilled);
         begin_read(&self.conns[next])?;
         let result = self.sync_pinned();
         end_read(&self.conns[self.held]);
@@ -446,7 +511,12 @@ impl Engine {
         let f = File::open(&wp)?;
         let mut rf = &f;
         std::io::Seek::seek(&mut rf, std::io::SeekFrom::Start(start.offset))?;
-        let mut reader = WalReader::resume(std::io::BufReader::new(rf), header, start);
+        // Large reads: under a heavy load a sync scans hundreds of megabytes.
+        let mut reader = WalReader::resume(
+            std::io::BufReader::with_capacity(WAL_READ_BUFFER, rf),
+            header,
+            start,
+        );
         let Some(frames) = scan_committed(&mut reader)? else {
             self.wal = Some((header, start));
             return Ok(None);
@@ -503,7 +573,10 @@ impl Engine {
         self.txid = txid;
         self.last_post = self.table_checksum();
         self.wal = Some((header, frames.end));
-        self.persist()?;
+        self.unflushed += frames.end.offset - start.offset;
+        if !self.defer_persist {
+            self.persist()?;
+        }
         let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
         Ok(Some(Synced {
             txid,
@@ -512,6 +585,7 @@ impl Engine {
             bytes,
             full: false,
             transactions: frames.transactions,
+            wal_bytes: frames.end.offset - start.offset,
         }))
     }
 
@@ -538,13 +612,20 @@ impl Engine {
         }
     }
 
-    /// Writes the WAL's dirty pages to disk. Under a heavy load this keeps
-    /// the application's own checkpoints (and our sealed fsyncs) from having
-    /// to flush hundreds of megabytes inside a commit.
-    pub fn flush_wal(&self) {
+    /// Writes the WAL's dirty pages to disk once at least `min_bytes` were
+    /// shipped since the last flush. Under a heavy load this keeps the
+    /// application's own checkpoints (and our sealed fsyncs) from having to
+    /// flush hundreds of megabytes inside a commit; under a light one it
+    /// costs nothing. Returns whether it flushed.
+    pub fn flush_wal(&mut self, min_bytes: u64) -> bool {
+        if self.unflushed < min_bytes {
+            return false;
+        }
         if let Ok(w) = File::open(wal_path(&self.db)) {
             let _ = w.sync_data();
         }
+        self.unflushed = 0;
+        true
     }
 
     /// WAL frames after the header.
@@ -555,6 +636,33 @@ impl Engine {
 
     pub fn wal_bytes(&self) -> u64 {
         std::fs::metadata(wal_path(&self.db)).map_or(0, |m| m.len())
+    }
+
+    /// One sync, and the checkpoint when one is due. When the checkpoint is
+    /// due and little is unshipped, the sync happens under the seal: one L0
+    /// file instead of two.
+    pub fn sync_and_checkpoint(&mut self) -> Result<(Option<Synced>, Option<Synced>)> {
+        if let Some(unshipped) = self.unshipped_frames() {
+            let due = self.wal_frames() + u64::from(unshipped) >= u64::from(self.checkpoint_pages);
+            if due && unshipped <= SEAL_INLINE_FRAMES {
+                let sealed = self.maybe_checkpoint(true)?;
+                if self.sealed {
+                    return Ok((None, sealed));
+                }
+                // The write lock was not available: ship without it.
+            }
+        }
+        let a = self.sync()?;
+        let b = self.maybe_checkpoint(false)?;
+        Ok((a, b))
+    }
+
+    /// Frames committed in the WAL generation we are reading and not shipped
+    /// yet, by the WAL-index (a scheduling hint only).
+    fn unshipped_frames(&self) -> Option<u32> {
+        let s = self.shm_state()?;
+        let shipped = u32::try_from(self.wal_frames()).ok()?;
+        s.max_frame.checked_sub(shipped)
     }
 
     /// Checkpoints if the WAL has grown past the threshold: seal (take the
@@ -573,65 +681,135 @@ impl Engine {
             .unwrap_or(1);
         let unlocked = t0.elapsed();
         // Flush the WAL's dirty pages before sealing: the fsyncs made under
-        // the write lock (the L0 file, the position) would otherwise force
+        // the write lock (the L0 file, the checkpoint's) would otherwise force
         // the filesystem to write out the whole grown WAL first. (SQLite
         // takes no locks on the -wal file, so this descriptor is harmless.)
-        self.flush_wal();
+        self.flush_wal(SEAL_FLUSH_BYTES);
         // Then seal briefly: take the write lock so nothing new commits, ship
         // the few frames written since, copy them, release.
+        self.sealed = false;
         if self.writer.execute_batch("BEGIN IMMEDIATE").is_err() {
             // A long write transaction: try again at the next sync.
             return Ok(None);
         }
+        self.sealed = true;
         let t1 = Instant::now();
         let mut sealed_result = (0, 0, 0);
+        let mut attempts = 0u32;
+        self.defer_persist = true;
         let shipped = self.sync();
+        self.defer_persist = false;
         let sealed_sync = t1.elapsed();
         let result = shipped.and_then(|s| {
             // Our own read pin would stop the checkpoint from finishing.
             end_read(&self.conns[self.held]);
-            let r: rusqlite::Result<(i64, i64, i64)> =
-                self.conns[self.held].query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                });
-            let (busy, log, done) = r?;
-            sealed_result = (busy, log, done);
+            // The application's own autocheckpoint may hold the checkpoint
+            // lock (PASSIVE never waits for it). It cannot start another one
+            // while we hold the write lock, so retry briefly: a checkpoint
+            // that copies everything lets the next writer restart the WAL,
+            // which keeps the WAL bounded.
+            let deadline = Instant::now() + SEAL_CHECKPOINT_WAIT;
+            loop {
+                attempts += 1;
+                let r: rusqlite::Result<(i64, i64, i64)> =
+                    self.conns[self.held].query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    });
+                sealed_result = r?;
+                if sealed_result.0 == 0 || Instant::now() >= deadline || attempts >= 1000 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_micros(500));
+            }
+            let (busy, log, done) = sealed_result;
             if busy == 0 && log == done {
                 // Fully copied: the next writer restarts the WAL.
                 self.expect_restart = self.wal.map(|(h, _)| h);
             }
             self.checkpoints += 1;
+            self.zero_pin = busy == 0 && log == done;
             begin_read(&self.conns[self.held])?;
             Ok(s)
         });
         let _ = self.writer.execute_batch("ROLLBACK");
-        // Under a heavy write load the application's own autocheckpoint often
-        // holds the checkpoint lock: then ours report busy and copy nothing.
+        let sealed_total = t1.elapsed();
+        // The position of a file shipped under the seal, now the lock is free.
+        let result = result.and_then(|s| {
+            if s.is_some() {
+                self.persist()?;
+            }
+            Ok(s)
+        });
         tracing::debug!(
             unlocked_busy,
             sealed_busy = sealed_result.0,
             sealed_log_frames = sealed_result.1,
             sealed_copied_frames = sealed_result.2,
+            sealed_attempts = attempts,
             unlocked_ms = unlocked.as_millis() as u64,
             sealed_sync_ms = sealed_sync.as_millis() as u64,
-            sealed_total_ms = t1.elapsed().as_millis() as u64,
+            sealed_total_ms = sealed_total.as_millis() as u64,
             "checkpoint"
         );
         result
     }
 
-    /// Stops pinning the WAL (for shutdown).
+    /// The WAL-index header and checkpoint counters, when readable.
+    fn shm_state(&self) -> Option<ShmState> {
+        let f = self.shm.as_ref()?;
+        let mut b = [0u8; 136];
+        f.read_exact_at(&mut b, 0).ok()?;
+        // Native byte order (the WAL-index is not portable).
+        let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        Some(ShmState {
+            max_frame: u32_at(16),
+            backfilled: u32_at(96),
+        })
+    }
+
+    /// Our pin is on read mark 0 and the application has committed enough
+    /// since to near its autocheckpoint threshold: time to move the pin
+    /// (see `zero_pin`).
+    pub fn pin_blocks_checkpoints(&self) -> bool {
+        self.zero_pin
+            && self
+                .shm_state()
+                .is_some_and(|s| s.max_frame > s.backfilled && s.max_frame >= EARLY_REPIN_FRAMES)
+    }
+
+    /// Whether the pin may be on read mark 0.
+    pub fn zero_pinned(&self) -> bool {
+        self.zero_pin
+    }
+
+    /// Stops pinning the WAL and makes the position durable (for shutdown).
     pub fn close(self) {
         end_read(&self.conns[self.held]);
+        if let Err(e) = self.write_position(true) {
+            warn!(db = %self.db.display(), "cannot record the position: {e:#}");
+        }
     }
 }
 
-/// The persisted position, or a newer one read from the newest staged L0
-/// file: a crash between renaming a file into place and persisting the
-/// position leaves the file ahead, and the file is the truth (it may already
-/// be uploaded, so its TXID must never be written again).
+/// The persisted position, or a newer one read from the newest staged file:
+/// a crash between renaming a file into place and recording the position (or
+/// a power failure that lost the unsynced position file) leaves the file
+/// ahead, and the file is the truth (it may already be uploaded, so its TXID
+/// must never be written again). An L0 file also gives the WAL position; a
+/// newer compacted file (its L0 files already cleaned up) gives only the
+/// TXID and checksum, so continuity is then proven against the database
+/// file alone.
 fn newest_position(pos: Option<Position>, l0_dir: &Path) -> Result<Option<Position>> {
-    let Some(newest) = super::files::list_level(l0_dir.parent().unwrap_or(l0_dir), 0)?.pop() else {
+    let ltx = l0_dir.parent().unwrap_or(l0_dir);
+    let mut newest: Option<super::files::LocalFile> = None;
+    for level in 0..=9u8 {
+        if let Some(f) = super::files::list_level(ltx, level)?.pop() {
+            if newest.as_ref().is_none_or(|n| f.max > n.max) {
+                newest = Some(f);
+            }
+        }
+    }
+    let Some(newest) = newest else {
         return Ok(pos);
     };
     if pos.as_ref().is_some_and(|p| p.txid >= newest.max.0) {
@@ -641,19 +819,38 @@ fn newest_position(pos: Option<Position>, l0_dir: &Path) -> Result<Option<Positi
         .with_context(|| format!("staged file {}", newest.path.display()))?;
     let h = s.header;
     warn!(file = %newest.path.display(), "position taken from the newest staged file (the last run stopped before recording it)");
+    let l0 = newest.level == 0;
     Ok(Some(Position {
         version: 1,
         txid: h.max_txid.0,
         checksum: s.trailer.post_apply_checksum.to_string(),
         page_size: h.page_size.get(),
         commit: h.commit,
-        wal_salt1: h.wal_salt1,
-        wal_salt2: h.wal_salt2,
+        wal_salt1: if l0 { h.wal_salt1 } else { 0 },
+        wal_salt2: if l0 { h.wal_salt2 } else { 0 },
         wal_checkpoint_seq: 0,
-        wal_offset: (h.wal_offset + h.wal_size) as u64,
+        wal_offset: if l0 {
+            (h.wal_offset + h.wal_size) as u64
+        } else {
+            0
+        },
         wal_checksum1: 0,
         wal_checksum2: 0,
     }))
+}
+
+/// What the WAL-index says (see <https://www.sqlite.org/walformat.html>):
+/// `mxFrame` of its header and `nBackfill` of its checkpoint info.
+#[derive(Debug, Clone, Copy)]
+struct ShmState {
+    max_frame: u32,
+    backfilled: u32,
+}
+
+fn open_shm(db: &Path) -> Option<File> {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-shm");
+    File::open(PathBuf::from(s)).ok()
 }
 
 /// The database checksum of a page-checksum table (XOR, bit 63 forced).

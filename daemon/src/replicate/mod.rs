@@ -71,8 +71,10 @@ pub fn run_until(cfg: Config, stop: Option<watch::Receiver<bool>>) -> Result<Exi
     for db in &cfg.dbs {
         engine::check_database(&db.path)?;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: uploads wait on the network, capture and maintenance have
+    // their own threads, and a single runtime thread saves the cross-thread
+    // wake-ups of a work-stealing pool (most of the daemon's idle CPU).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(run_async(cfg, stop))
@@ -342,9 +344,16 @@ async fn run_db(
         std::thread::Builder::new()
             .name("sluice-maintain".into())
             .spawn(move || {
+                // A quarter of the shortest level interval, within 50 ms..1 s.
+                let tick = levels
+                    .iter()
+                    .copied()
+                    .min()
+                    .map_or(Duration::from_secs(1), |d| d / 4)
+                    .clamp(Duration::from_millis(50), Duration::from_secs(1));
                 let mut mt = Maintainer::new(&staging, levels, snap);
                 while !db_stop.load(Ordering::Relaxed) && !graceful.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(250));
+                    std::thread::sleep(tick);
                     if let Err(e) = mt.tick() {
                         warn!("maintenance: {e:#}");
                     }
@@ -410,6 +419,10 @@ async fn run_db(
 
 /// Transactions per sync interval above which the load counts as steady.
 const STEADY_TRANSACTIONS: u64 = 8;
+
+/// WAL bytes per sync interval above which the capture thread flushes the
+/// WAL to disk while it waits.
+const HEAVY_INTERVAL_BYTES: u64 = 8 << 20;
 
 /// One inotify watch, moved between the WAL and its directory.
 struct WalWatch {
@@ -486,14 +499,28 @@ fn capture_loop(
     let mut last_sync = Instant::now() - sync_interval;
     // Transactions shipped recently: under steady load (many per interval)
     // at most one L0 per interval; otherwise each write ships at once.
-    let mut recent: std::collections::VecDeque<(Instant, u64)> = Default::default();
+    let mut recent: std::collections::VecDeque<(Instant, u64, u64)> = Default::default();
     let mut errors_in_row = 0u32;
     loop {
         if db_stop.load(Ordering::Relaxed) {
             break;
         }
         let stopping = graceful.load(Ordering::Relaxed);
-        if !stopping {
+        let mut repin = false;
+        if !stopping
+            && engine.zero_pinned()
+            && recent.iter().map(|r| r.2).sum::<u64>() >= HEAVY_INTERVAL_BYTES
+        {
+            // Just after a full checkpoint under a heavy load: our pin is on
+            // read mark 0, which blocks the application's checkpoints; move
+            // it as soon as the application has written a little.
+            let until = Instant::now() + Duration::from_millis(50);
+            while Instant::now() < until && !engine.pin_blocks_checkpoints() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            repin = engine.pin_blocks_checkpoints();
+        }
+        if !stopping && !repin {
             // Watch the WAL itself (its directory until it exists).
             watch.set(Some(if wal.exists() {
                 wal.clone()
@@ -507,28 +534,34 @@ fn capture_loop(
                 while ev_rx.try_recv().is_ok() {}
                 while recent
                     .front()
-                    .is_some_and(|(t, _)| t.elapsed() > sync_interval)
+                    .is_some_and(|(t, _, _)| t.elapsed() > sync_interval)
                 {
                     recent.pop_front();
                 }
-                let steady = recent.iter().map(|(_, n)| n).sum::<u64>() >= STEADY_TRANSACTIONS;
+                let steady = recent.iter().map(|r| r.1).sum::<u64>() >= STEADY_TRANSACTIONS;
                 let since = last_sync.elapsed();
                 if steady && since < sync_interval {
                     // Events are of no use until the interval ends: stop
                     // watching meanwhile (each write would wake the watcher).
                     watch.set(None);
                     let until = Instant::now() + (sync_interval - since);
-                    let mut flushed = Instant::now();
+                    // A heavy load (the last interval shipped megabytes) grows
+                    // the WAL fast: keep its dirty pages flowing to disk from
+                    // this thread. A light one needs no flushing.
+                    let heavy = recent.iter().map(|r| r.2).sum::<u64>() >= HEAVY_INTERVAL_BYTES;
                     while Instant::now() < until
                         && !graceful.load(Ordering::Relaxed)
                         && !db_stop.load(Ordering::Relaxed)
                     {
-                        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
-                        // Steady load grows the WAL: keep its dirty pages
-                        // flowing to disk from this thread.
-                        if flushed.elapsed() >= Duration::from_millis(100) {
-                            engine.flush_wal();
-                            flushed = Instant::now();
+                        let step = if heavy { 100 } else { 250 };
+                        std::thread::sleep(
+                            (until - Instant::now()).min(Duration::from_millis(step)),
+                        );
+                        if heavy {
+                            engine.flush_wal(0);
+                        }
+                        if engine.pin_blocks_checkpoints() {
+                            break;
                         }
                     }
                     while ev_rx.try_recv().is_ok() {}
@@ -541,16 +574,13 @@ fn capture_loop(
             db_stop.store(true, Ordering::Relaxed);
             break;
         }
-        match engine
-            .sync()
-            .and_then(|s| Ok((s, engine.maybe_checkpoint(false)?)))
-        {
+        match engine.sync_and_checkpoint() {
             Ok((a, b)) => {
                 errors_in_row = 0;
                 for s in [a, b].into_iter().flatten() {
                     tracing::debug!(txid = %s.txid, pages = s.pages, bytes = s.bytes, transactions = s.transactions, file = %s.path.display(), "synced");
                     last_sync = Instant::now();
-                    recent.push_back((last_sync, s.transactions));
+                    recent.push_back((last_sync, s.transactions, s.wal_bytes));
                     if s.full {
                         m.full_files.fetch_add(1, Ordering::Relaxed);
                     }
@@ -612,7 +642,13 @@ async fn upload_loop(
                 if n > 0 {
                     last_upload = Some(Instant::now());
                 }
-                if up.caught_up().unwrap_or(false) {
+                // Everything captured when the round began is uploaded.
+                let caught_up = if capture_done {
+                    up.caught_up().unwrap_or(false)
+                } else {
+                    up.progress.uploaded[0] >= latest
+                };
+                if caught_up {
                     *up.metrics
                         .pending_since
                         .lock()

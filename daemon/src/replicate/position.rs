@@ -1,9 +1,21 @@
-//! Crash-safe local state: the capture position of a database and the upload
-//! high-water marks of each replica, as small JSON files written to a
-//! temporary name, fsynced, renamed, with the directory fsynced.
+//! Local state: the capture position of a database and the upload
+//! high-water marks of each replica, as small JSON files.
+//!
+//! Each update rewrites its file in place with one `pwrite` of whole JSON
+//! padded with spaces (no temporary file, no rename, no fsync): the cheapest
+//! update there is, as a sync updates the position every time. Neither file
+//! is the durable truth:
+//! - The position is also in the newest staged LTX file, which is fsynced
+//!   before the position moves; at start-up the newer of the two wins
+//!   (`engine::newest_position`), and a position file that a power failure
+//!   left stale, torn or empty is recovered from the staged files.
+//! - A replica's progress only saves work: an upload repeated after a lost
+//!   update meets its own earlier object, which has the same bytes and is
+//!   accepted (`s3_backend::retry`).
+//!
+//! [`write_json_durable`] adds an fsync, for a clean shutdown.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -36,19 +48,55 @@ pub struct ReplicaProgress {
     pub uploaded: [u64; 10],
 }
 
+/// Rewrites `path` in place, without fsyncs.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_state(path, value, false)
+}
+
+/// Rewrites `path` in place and durably: the file and its directory are
+/// fsynced.
+pub fn write_json_durable<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_state(path, value, true)
+}
+
+fn write_state<T: Serialize>(path: &Path, value: &T, durable: bool) -> Result<()> {
+    use std::os::unix::fs::FileExt;
     let dir = path.parent().context("state file has no directory")?;
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(&serde_json::to_vec_pretty(value)?)?;
-    f.sync_all()
-        .with_context(|| format!("fsync {}", tmp.display()))?;
-    drop(f);
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()?;
+    let open = || {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+    };
+    let f = match open() {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            open().with_context(|| format!("cannot create {}", path.display()))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let mut text = serde_json::to_vec_pretty(value)?;
+    text.push(b'\n');
+    // Pad to the file's length (JSON allows trailing whitespace), so no byte
+    // of an older, longer text survives; round up so lengths rarely change.
+    let old = f.metadata()?.len() as usize;
+    let len = old.max(text.len().next_multiple_of(STATE_PAD));
+    text.resize(len, b' ');
+    f.write_all_at(&text, 0)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    if durable {
+        f.sync_all()
+            .with_context(|| format!("fsync {}", path.display()))?;
+        File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
+
+/// State files are padded to a multiple of this.
+const STATE_PAD: usize = 1024;
 
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match fs::read(path) {

@@ -58,7 +58,14 @@ impl Uploader {
         metrics: Arc<ReplicaMetrics>,
     ) -> Result<Self> {
         let progress_path = staging.join(format!("replica-{index}.json"));
-        let mut progress: ReplicaProgress = read_json(&progress_path)?.unwrap_or_default();
+        // Lost or corrupt progress only means uploads are repeated (and
+        // accepted: the objects already there have the same bytes).
+        let mut progress: ReplicaProgress = read_json(&progress_path)
+            .unwrap_or_else(|e| {
+                warn!("{e:#}; uploading the staged files again");
+                None
+            })
+            .unwrap_or_default();
         if progress.url != url {
             // A different replica at this index: start its uploads over.
             progress = ReplicaProgress {
