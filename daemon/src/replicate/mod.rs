@@ -396,7 +396,8 @@ async fn run_db(
                     break;
                 }
             }
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            // Only a failed database sets `db_stop` without a stop request.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
     let _ = tokio::task::spawn_blocking(move || {
@@ -419,6 +420,13 @@ async fn run_db(
 
 /// Transactions per sync interval above which the load counts as steady.
 const STEADY_TRANSACTIONS: u64 = 8;
+
+/// The debounce of a write after an idle period.
+const DEBOUNCE: Duration = Duration::from_millis(3);
+
+/// A write this soon after the last sync is debounced for `BUSY_DEBOUNCE`.
+const BUSY_AFTER: Duration = Duration::from_millis(100);
+const BUSY_DEBOUNCE: Duration = Duration::from_millis(25);
 
 /// WAL bytes per sync interval above which the capture thread flushes the
 /// WAL to disk while it waits.
@@ -521,52 +529,66 @@ fn capture_loop(
             repin = engine.pin_blocks_checkpoints();
         }
         if !stopping && !repin {
-            // Watch the WAL itself (its directory until it exists).
-            watch.set(Some(if wal.exists() {
-                wal.clone()
-            } else {
-                dir.clone()
-            }));
-            let woke = ev_rx.recv_timeout(poll).is_ok();
-            if woke {
-                // Debounce a burst of writes from one commit.
-                std::thread::sleep(Duration::from_millis(3));
-                while ev_rx.try_recv().is_ok() {}
-                while recent
-                    .front()
-                    .is_some_and(|(t, _, _)| t.elapsed() > sync_interval)
+            while recent
+                .front()
+                .is_some_and(|(t, _, _)| t.elapsed() > sync_interval)
+            {
+                recent.pop_front();
+            }
+            let steady = recent.iter().map(|r| r.1).sum::<u64>() >= STEADY_TRANSACTIONS;
+            let since = last_sync.elapsed();
+            if steady {
+                // Steady load: one sync per interval, on a timer. File-system
+                // events are of no use meanwhile (each write would wake the
+                // watcher); the load counts as steady until an interval
+                // ships too little.
+                watch.set(None);
+                let until = Instant::now() + sync_interval.saturating_sub(since);
+                // A heavy load (the last interval shipped megabytes) grows
+                // the WAL fast: keep its dirty pages flowing to disk from
+                // this thread. A light one needs no flushing.
+                let heavy = recent.iter().map(|r| r.2).sum::<u64>() >= HEAVY_INTERVAL_BYTES;
+                while Instant::now() < until
+                    && !graceful.load(Ordering::Relaxed)
+                    && !db_stop.load(Ordering::Relaxed)
                 {
-                    recent.pop_front();
-                }
-                let steady = recent.iter().map(|r| r.1).sum::<u64>() >= STEADY_TRANSACTIONS;
-                let since = last_sync.elapsed();
-                if steady && since < sync_interval {
-                    // Events are of no use until the interval ends: stop
-                    // watching meanwhile (each write would wake the watcher).
-                    watch.set(None);
-                    let until = Instant::now() + (sync_interval - since);
-                    // A heavy load (the last interval shipped megabytes) grows
-                    // the WAL fast: keep its dirty pages flowing to disk from
-                    // this thread. A light one needs no flushing.
-                    let heavy = recent.iter().map(|r| r.2).sum::<u64>() >= HEAVY_INTERVAL_BYTES;
-                    while Instant::now() < until
-                        && !graceful.load(Ordering::Relaxed)
-                        && !db_stop.load(Ordering::Relaxed)
-                    {
-                        let step = if heavy { 100 } else { 250 };
-                        std::thread::sleep(
-                            (until - Instant::now()).min(Duration::from_millis(step)),
-                        );
-                        if heavy {
-                            engine.flush_wal(0);
-                        }
-                        if engine.pin_blocks_checkpoints() {
-                            break;
-                        }
+                    // Wake-ups cost CPU: sleep through the interval unless
+                    // there is something to watch.
+                    let step = if heavy {
+                        Duration::from_millis(100)
+                    } else if engine.zero_pinned() {
+                        Duration::from_millis(250)
+                    } else {
+                        Duration::from_secs(1)
+                    };
+                    std::thread::sleep((until - Instant::now()).min(step));
+                    if heavy {
+                        engine.flush_wal(0);
                     }
-                    while ev_rx.try_recv().is_ok() {}
+                    if engine.pin_blocks_checkpoints() {
+                        break;
+                    }
+                }
+            } else {
+                // Watch the WAL itself (its directory until it exists).
+                watch.set(Some(if wal.exists() {
+                    wal.clone()
+                } else {
+                    dir.clone()
+                }));
+                if ev_rx.recv_timeout(poll).is_ok() {
+                    // Debounce a burst of writes from one commit; longer
+                    // when the last sync was moments ago (a load starting:
+                    // fewer, fuller files until it counts as steady).
+                    let debounce = if last_sync.elapsed() < BUSY_AFTER {
+                        BUSY_DEBOUNCE
+                    } else {
+                        DEBOUNCE
+                    };
+                    std::thread::sleep(debounce);
                 }
             }
+            while ev_rx.try_recv().is_ok() {}
         }
         if let Err(e) = engine.check_identity() {
             error!(db = %db.display(), "{e:#}");
