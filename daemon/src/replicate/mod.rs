@@ -494,6 +494,11 @@ fn capture_loop(
     let mut watch = WalWatch {
         watcher: notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
+                // Only writes matter. Opens and closes (our own reads of the
+                // WAL among them) would wake capture in a loop.
+                if matches!(ev.kind, notify::EventKind::Access(_)) {
+                    return;
+                }
                 if ev.paths.iter().any(|p| p == &watched) {
                     let _ = ev_tx.send(());
                 }
