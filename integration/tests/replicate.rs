@@ -266,11 +266,24 @@ fn restarts_resume_without_a_snapshot() {
     settle(&db, &replica);
     d.stop_ok();
     let mut kinds = Vec::new();
-    for (n, how) in ["clean stop", "kill -9", "app TRUNCATE checkpoint"]
-        .iter()
-        .enumerate()
+    for (n, how) in [
+        "clean stop",
+        "kill -9",
+        "app TRUNCATE checkpoint",
+        "lost state files",
+    ]
+    .iter()
+    .enumerate()
     {
         let before = replica_bytes(&replica);
+        if *how == "lost state files" {
+            // What a power failure can leave of the unsynced state files: an
+            // empty position and torn replica progress. The staged files are
+            // the truth; a repeated upload meets its own objects.
+            let staging = dir.path().join(".app.db-sluice");
+            std::fs::write(staging.join("position.json"), b"").unwrap();
+            std::fs::write(staging.join("replica-0.json"), b"{\"url\": \"fi").unwrap();
+        }
         if *how == "app TRUNCATE checkpoint" {
             let c = open_app(&db, 4096);
             let (busy, _, _): (i64, i64, i64) = c
@@ -294,6 +307,14 @@ fn restarts_resume_without_a_snapshot() {
             d.log_text()
         );
         kinds.push((*how, uploaded));
+        if *how == "lost state files" {
+            assert!(
+                d.log_text()
+                    .contains("recovering the position from the staged files"),
+                "{}",
+                d.log_text()
+            );
+        }
         if *how == "clean stop" {
             // Next round starts from a crash.
             d.kill9();

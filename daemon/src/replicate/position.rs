@@ -110,3 +110,46 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shorter_state_overwrites_a_longer_one_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("replica-0.json");
+        let long = ReplicaProgress {
+            url: "x".repeat(3000),
+            uploaded: [u64::MAX; 10],
+        };
+        write_json(&p, &long).unwrap();
+        let len = fs::metadata(&p).unwrap().len();
+        assert_eq!(len % STATE_PAD as u64, 0);
+        let short = ReplicaProgress {
+            url: "file:///r".into(),
+            uploaded: [1; 10],
+        };
+        write_json_durable(&p, &short).unwrap();
+        // Same file, same length, and only the new text.
+        assert_eq!(fs::metadata(&p).unwrap().len(), len);
+        assert_eq!(read_json::<ReplicaProgress>(&p).unwrap(), Some(short));
+        assert!(!dir.path().join("replica-0.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_torn_state_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("position.json");
+        fs::write(&p, b"{\"version\": 1, \"tx").unwrap();
+        let e = read_json::<Position>(&p).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("position.json is corrupt"),
+            "{e:#}"
+        );
+        assert_eq!(
+            read_json::<Position>(&dir.path().join("none.json")).unwrap(),
+            None
+        );
+    }
+}
