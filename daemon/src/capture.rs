@@ -110,9 +110,25 @@ pub fn write_ltx<F>(dir: &Path, name: &str, write: F) -> Result<PathBuf>
 where
     F: FnOnce(&mut BufWriter<SyncEvery<'_>>) -> Result<()>,
 {
+    write_file(dir, name, false, write)
+}
+
+/// Like [`write_ltx`], but replaces an existing file (for local state that
+/// is never uploaded: the pending tail).
+pub fn write_ltx_replacing<F>(dir: &Path, name: &str, write: F) -> Result<PathBuf>
+where
+    F: FnOnce(&mut BufWriter<SyncEvery<'_>>) -> Result<()>,
+{
+    write_file(dir, name, true, write)
+}
+
+fn write_file<F>(dir: &Path, name: &str, replace: bool, write: F) -> Result<PathBuf>
+where
+    F: FnOnce(&mut BufWriter<SyncEvery<'_>>) -> Result<()>,
+{
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(name);
-    if path.exists() {
+    if !replace && path.exists() {
         bail!(
             "{} already exists; shipped LTX files are never overwritten",
             path.display()

@@ -14,6 +14,7 @@
 //!   checksum equals the position's); otherwise it writes a full-page L0 file
 //!   and logs why.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,7 @@ use rusqlite::{Connection, OpenFlags};
 use tracing::{info, warn};
 
 use super::position::{read_json, write_json, write_json_durable, Position};
-use crate::capture::{now_ms, wal_path, write_ltx, DbSource};
+use crate::capture::{now_ms, wal_path, write_ltx, write_ltx_replacing, DbSource};
 
 /// What one sync wrote.
 #[derive(Debug, Clone)]
@@ -45,6 +46,25 @@ pub struct Synced {
     /// WAL bytes the file covers.
     pub wal_bytes: u64,
 }
+
+/// Captured changes not yet in an L0 file: the L0 file for `txid` as it would
+/// be written now is also on disk as `pending.ltx`.
+#[derive(Debug)]
+struct Pending {
+    txid: Txid,
+    /// Pre-apply checksum of that L0 file (the state after the last L0).
+    pre: Checksum,
+    /// Database size in pages at the last L0 file: pages past it that no
+    /// frame wrote are zero.
+    base_commit: u32,
+    pages: BTreeMap<u32, Vec<u8>>,
+    transactions: u64,
+    wal_bytes: u64,
+    /// WAL salts and offset where the pending frames began.
+    wal_start: (u32, u32, u64),
+}
+
+const PENDING_FILE: &str = "pending.ltx";
 
 /// Flush the WAL before sealing once this much was shipped since the last
 /// flush.
@@ -101,6 +121,13 @@ pub struct Engine {
     zero_pin: bool,
     /// Whether the last checkpoint attempt took the write lock.
     sealed: bool,
+    /// Frames captured (durably, in `pending.ltx`) but not yet in an L0
+    /// file: a seal's tail and pin moves under a heavy load, folded into the
+    /// next interval's L0 so each interval uploads one file.
+    pending: Option<Pending>,
+    /// Capture into `pending` instead of writing an L0 file.
+    capture_pending: bool,
+    staging: PathBuf,
     /// Skip persisting the position in `sync_pinned` (the seal persists it
     /// after releasing the write lock; the staged file is the truth meanwhile).
     defer_persist: bool,
@@ -198,10 +225,11 @@ impl Engine {
         let l0_dir = staging.join("ltx").join("0");
         // A position file a power failure left corrupt is recovered from the
         // staged files (see `position`).
-        let saved = read_json(&position_path).unwrap_or_else(|e| {
+        let saved: Option<Position> = read_json(&position_path).unwrap_or_else(|e| {
             warn!("{e:#}; recovering the position from the staged files");
             None
         });
+        recover_pending(staging, &l0_dir, saved.as_ref().map_or(0, |p| p.txid))?;
         let pos = newest_position(saved, &l0_dir)?;
         if pos.is_none() && replica_has_files {
             bail!(
@@ -248,6 +276,9 @@ impl Engine {
             shm: None,
             zero_pin: false,
             sealed: false,
+            pending: None,
+            capture_pending: false,
+            staging: staging.to_path_buf(),
             defer_persist: false,
         };
         engine.shm = open_shm(db);
@@ -363,6 +394,14 @@ impl Engine {
     }
 
     fn write_full(&mut self, txid: Txid, pre: Option<Checksum>, why: &str) -> Result<Synced> {
+        // A full file replaces what is pending (same TXID, same predecessor).
+        let pre = match self.pending.take() {
+            Some(p) => {
+                let _ = std::fs::remove_file(self.staging.join(PENDING_FILE));
+                Some(p.pre)
+            }
+            None => pre,
+        };
         let db_file = &self.db_file;
         let mut src = DbSource::open(db_file, &self.db)?;
         let ps = src.page_size;
@@ -431,6 +470,11 @@ impl Engine {
     }
 
     fn write_position(&self, durable: bool) -> Result<()> {
+        if self.pending.is_some() {
+            // The cursor is past frames no L0 file holds yet: the staged
+            // files and the pending file are the truth until they are folded.
+            return Ok(());
+        }
         let (salt1, salt2, seq, offset, chk) = match &self.wal {
             Some((h, c)) => (h.salt1, h.salt2, h.checkpoint_seq, c.offset, c.checksum),
             None => (0, 0, 0, 0, (0, 0)),
@@ -517,46 +561,73 @@ impl Engine {
             header,
             start,
         );
-        let Some(frames) = scan_committed(&mut reader)? else {
+        let frames = scan_committed(&mut reader)?;
+        if frames.is_none() && (self.capture_pending || self.pending.is_none()) {
             self.wal = Some((header, start));
             return Ok(None);
+        }
+        // The file for the next TXID: what is pending plus the new frames.
+        let (txid, pre, base_len) = match &self.pending {
+            Some(p) => (p.txid, p.pre, p.base_commit as usize),
+            None => (Txid(self.txid.0 + 1), self.last_post, self.pages.len()),
         };
-        let txid = Txid(self.txid.0 + 1);
-        let mut h = Header::new(self.page_size, frames.commit, txid, txid);
+        let end = frames.as_ref().map_or(start, |fr| fr.end);
+        let new_commit = frames.as_ref().map_or(self.commit, |fr| fr.commit);
+        let wal_from = match &self.pending {
+            Some(p) if (p.wal_start.0, p.wal_start.1) == (header.salt1, header.salt2) => {
+                p.wal_start.2
+            }
+            Some(_) => 32,
+            None => start.offset,
+        };
+        let mut h = Header::new(self.page_size, new_commit, txid, txid);
         h.timestamp_ms = now_ms();
-        h.pre_apply_checksum = self.last_post;
-        if !self.last_post.is_well_formed() {
+        h.pre_apply_checksum = pre;
+        if !pre.is_well_formed() {
             h.flags = HEADER_FLAG_NO_CHECKSUM;
             h.pre_apply_checksum = Checksum::ZERO;
         }
-        h.wal_offset = start.offset as i64;
-        h.wal_size = (frames.end.offset - start.offset) as i64;
+        h.wal_offset = wal_from as i64;
+        h.wal_size = (end.offset - wal_from) as i64;
         h.wal_salt1 = header.salt1;
         h.wal_salt2 = header.salt2;
         let lock = lock_pgno(self.page_size);
         let ps = self.page_size.as_usize();
-        let commit = frames.commit as usize;
         let mut table = self.pages.clone();
-        let old_len = table.len();
-        table.resize(commit, 0);
+        table.resize(new_commit as usize, 0);
+        // Every page the file holds: written by a new frame, pending, or new
+        // since the last L0 file (zero unless written).
+        let mut pgnos: BTreeSet<u32> = BTreeSet::new();
+        if let Some(fr) = &frames {
+            pgnos.extend(fr.pages.keys().copied());
+        }
+        if let Some(p) = &self.pending {
+            pgnos.extend(p.pages.keys().copied());
+        }
+        pgnos.extend((base_len as u32 + 1)..=new_commit);
+        pgnos.retain(|&p| p <= new_commit && p != lock);
         let mut buf = vec![0u8; ps];
         let zero = vec![0u8; ps];
         let no_checksum = h.no_checksum();
-        let path = write_ltx(&self.l0_dir, &format_filename(txid, txid), |w| {
+        let pending_mode = self.capture_pending;
+        let mut captured: Vec<(u32, Vec<u8>)> = Vec::new();
+        let pending_pages = self.pending.as_ref().map(|p| &p.pages);
+        let encode = |w: &mut std::io::BufWriter<crate::capture::SyncEvery<'_>>| -> Result<()> {
             let mut enc = Encoder::new(w, h)?;
-            for pgno in 1..=frames.commit {
-                if pgno == lock {
-                    continue;
-                }
+            for &pgno in &pgnos {
                 let idx = pgno as usize - 1;
-                let data: &[u8] = if let Some(&off) = frames.pages.get(&pgno) {
-                    f.read_exact_at(&mut buf, off)?;
-                    &buf
-                } else if idx >= old_len {
-                    &zero
-                } else {
-                    continue;
-                };
+                let data: &[u8] =
+                    if let Some(&off) = frames.as_ref().and_then(|fr| fr.pages.get(&pgno)) {
+                        f.read_exact_at(&mut buf, off)?;
+                        if pending_mode {
+                            captured.push((pgno, buf.clone()));
+                        }
+                        &buf
+                    } else if let Some(d) = pending_pages.and_then(|m| m.get(&pgno)) {
+                        d
+                    } else {
+                        &zero
+                    };
                 enc.encode_page(pgno, data)?;
                 table[idx] = checksum_page(pgno, data);
             }
@@ -567,13 +638,49 @@ impl Engine {
             };
             enc.finish(post)?;
             Ok(())
-        })?;
+        };
+        let path = if pending_mode {
+            write_ltx_replacing(&self.staging, PENDING_FILE, encode)?
+        } else {
+            write_ltx(&self.l0_dir, &format_filename(txid, txid), encode)?
+        };
+        let (transactions, wal_bytes) = frames
+            .as_ref()
+            .map_or((0, 0), |fr| (fr.transactions, fr.end.offset - start.offset));
         self.pages = table;
-        self.commit = frames.commit;
-        self.txid = txid;
+        self.commit = new_commit;
         self.last_post = self.table_checksum();
-        self.wal = Some((header, frames.end));
-        self.unflushed += frames.end.offset - start.offset;
+        self.wal = Some((header, end));
+        self.unflushed += wal_bytes;
+        if pending_mode {
+            let p = self.pending.get_or_insert_with(|| Pending {
+                txid,
+                pre,
+                base_commit: base_len as u32,
+                pages: BTreeMap::new(),
+                transactions: 0,
+                wal_bytes: 0,
+                wal_start: (header.salt1, header.salt2, start.offset),
+            });
+            p.pages.extend(captured);
+            p.pages.retain(|&pg, _| pg <= new_commit);
+            p.transactions += transactions;
+            p.wal_bytes += wal_bytes;
+            return Ok(None);
+        }
+        let (pages, transactions, wal_bytes) = match self.pending.take() {
+            Some(p) => {
+                // Folded into the L0 file; a leftover is recognised at start-up.
+                let _ = std::fs::remove_file(self.staging.join(PENDING_FILE));
+                (
+                    pgnos.len(),
+                    transactions + p.transactions,
+                    wal_bytes + p.wal_bytes,
+                )
+            }
+            None => (pgnos.len(), transactions, wal_bytes),
+        };
+        self.txid = txid;
         if !self.defer_persist {
             self.persist()?;
         }
@@ -581,11 +688,11 @@ impl Engine {
         Ok(Some(Synced {
             txid,
             path,
-            pages: frames.pages.len(),
+            pages,
             bytes,
             full: false,
-            transactions: frames.transactions,
-            wal_bytes: frames.end.offset - start.offset,
+            transactions,
+            wal_bytes,
         }))
     }
 
@@ -641,11 +748,12 @@ impl Engine {
     /// One sync, and the checkpoint when one is due. When the checkpoint is
     /// due and little is unshipped, the sync happens under the seal: one L0
     /// file instead of two.
-    pub fn sync_and_checkpoint(&mut self) -> Result<(Option<Synced>, Option<Synced>)> {
+    /// `last`: the final sync before stopping (nothing is left pending).
+    pub fn sync_and_checkpoint(&mut self, last: bool) -> Result<(Option<Synced>, Option<Synced>)> {
         if let Some(unshipped) = self.unshipped_frames() {
             let due = self.wal_frames() + u64::from(unshipped) >= u64::from(self.checkpoint_pages);
-            if due && unshipped <= SEAL_INLINE_FRAMES {
-                let sealed = self.maybe_checkpoint(true)?;
+            if due && unshipped <= SEAL_INLINE_FRAMES && !self.fully_checkpointed() {
+                let sealed = self.maybe_checkpoint(true, false)?;
                 if self.sealed {
                     return Ok((None, sealed));
                 }
@@ -653,8 +761,17 @@ impl Engine {
             }
         }
         let a = self.sync()?;
-        let b = self.maybe_checkpoint(false)?;
+        let b = self.maybe_checkpoint(false, !last)?;
         Ok((a, b))
+    }
+
+    /// Moves the read pin: captures what was committed since into the
+    /// pending file (no L0 file, no upload until the interval's sync).
+    pub fn repin(&mut self) -> Result<()> {
+        self.capture_pending = true;
+        let r = self.sync();
+        self.capture_pending = false;
+        r.map(|_| ())
     }
 
     /// Frames committed in the WAL generation we are reading and not shipped
@@ -668,8 +785,12 @@ impl Engine {
     /// Checkpoints if the WAL has grown past the threshold: seal (take the
     /// write lock so nothing new commits), ship to the WAL end, PASSIVE
     /// checkpoint, release. Returns the file shipped while sealed, if any.
-    pub fn maybe_checkpoint(&mut self, force: bool) -> Result<Option<Synced>> {
+    pub fn maybe_checkpoint(&mut self, force: bool, tail_pending: bool) -> Result<Option<Synced>> {
         if !force && self.wal_frames() < u64::from(self.checkpoint_pages) {
+            return Ok(None);
+        }
+        if self.fully_checkpointed() {
+            // Everything is copied; the next writer restarts the WAL.
             return Ok(None);
         }
         // First, without blocking writers: copy what is shipped. Our pin (begun
@@ -697,7 +818,12 @@ impl Engine {
         let mut sealed_result = (0, 0, 0);
         let mut attempts = 0u32;
         self.defer_persist = true;
+        // After an interval's sync, the few frames written since go into the
+        // pending file (durable, folded into the next L0): one L0 upload per
+        // interval even under a maximal load.
+        self.capture_pending = tail_pending;
         let shipped = self.sync();
+        self.capture_pending = false;
         self.defer_persist = false;
         let sealed_sync = t1.elapsed();
         let result = shipped.and_then(|s| {
@@ -777,6 +903,12 @@ impl Engine {
                 .is_some_and(|s| s.max_frame > s.backfilled && s.max_frame >= EARLY_REPIN_FRAMES)
     }
 
+    /// The WAL-index says every frame is copied into the database.
+    fn fully_checkpointed(&self) -> bool {
+        self.shm_state()
+            .is_some_and(|s| s.max_frame > 0 && s.backfilled >= s.max_frame)
+    }
+
     /// Whether the pin may be on read mark 0.
     pub fn zero_pinned(&self) -> bool {
         self.zero_pin
@@ -839,6 +971,51 @@ fn newest_position(pos: Option<Position>, l0_dir: &Path) -> Result<Option<Positi
     }))
 }
 
+/// The highest TXID among the staged files of every level.
+fn newest_staged(ltx: &Path) -> Result<u64> {
+    let mut newest = 0;
+    for level in 0..=9u8 {
+        if let Some(f) = super::files::list_level(ltx, level)?.pop() {
+            newest = newest.max(f.max.0);
+        }
+    }
+    Ok(newest)
+}
+
+/// A pending file left by the last run (it stopped between capturing a
+/// seal's tail and folding it into an L0 file) becomes the next L0 file; one
+/// already folded is removed.
+fn recover_pending(staging: &Path, l0_dir: &Path, saved_txid: u64) -> Result<()> {
+    let path = staging.join(PENDING_FILE);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let newest = newest_staged(l0_dir.parent().unwrap_or(l0_dir))?.max(saved_txid);
+    match ltx_format::verify(std::io::BufReader::new(file)) {
+        Ok(s) if s.header.min_txid.0 == newest + 1 => {
+            let t = s.header.max_txid;
+            std::fs::create_dir_all(l0_dir)?;
+            std::fs::rename(&path, l0_dir.join(format_filename(t, t)))?;
+            File::open(l0_dir)?.sync_all()?;
+            warn!(txid = %t, "recovered frames captured before the last run stopped (pending file)");
+        }
+        Ok(s) if s.header.max_txid.0 <= newest => {
+            std::fs::remove_file(&path)?;
+        }
+        other => {
+            let why = match other {
+                Ok(s) => format!("TXID {} does not follow {newest:016x}", s.header.max_txid),
+                Err(e) => e.to_string(),
+            };
+            warn!(file = %path.display(), "discarding the pending file: {why}");
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 /// What the WAL-index says (see <https://www.sqlite.org/walformat.html>):
 /// `mxFrame` of its header and `nBackfill` of its checkpoint info.
 #[derive(Debug, Clone, Copy)]
@@ -876,4 +1053,80 @@ fn read_wal_header(wp: &Path) -> Result<Option<WalHeader>> {
     Ok(Some(
         WalHeader::parse(&hb).with_context(|| wp.display().to_string())?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(db: &Path) -> Connection {
+        let c = Connection::open(db).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        c
+    }
+
+    fn insert(c: &Connection, from: i64, n: i64) {
+        for i in from..from + n {
+            c.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i:06}")])
+                .unwrap();
+        }
+    }
+
+    /// The database checksum of the committed state (main file plus WAL).
+    fn db_checksum(db: &Path) -> Checksum {
+        let f = File::open(db).unwrap();
+        let mut src = DbSource::open(&f, db).unwrap();
+        let lock = lock_pgno(src.page_size);
+        let mut buf = vec![0u8; src.page_size.as_usize()];
+        let mut sum = DbChecksum::new();
+        for pgno in 1..=src.commit {
+            if pgno != lock {
+                src.read_page(pgno, &mut buf).unwrap();
+                sum.toggle(checksum_page(pgno, &buf));
+            }
+        }
+        sum.value()
+    }
+
+    #[test]
+    fn a_pending_tail_left_by_a_crash_becomes_the_next_l0_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let staging = dir.path().join("staging");
+        let c = app(&db);
+        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .unwrap();
+        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+            .unwrap();
+        insert(&c, 0, 50);
+        let (mut e, first) = Engine::open(&db, &staging, 1000, false).unwrap();
+        assert_eq!(first.unwrap().txid, Txid(1));
+        insert(&c, 50, 50);
+        assert_eq!(e.sync().unwrap().unwrap().txid, Txid(2));
+        // A pin move captures into the pending file, not an L0 file.
+        insert(&c, 100, 50);
+        e.repin().unwrap();
+        let l0 = staging.join("ltx").join("0");
+        assert!(staging.join(PENDING_FILE).exists());
+        assert!(!l0.join(format_filename(Txid(3), Txid(3))).exists());
+        let want = e.checksum();
+        // A crash: the engine goes away without folding the pending file.
+        drop(e);
+        let (mut e, full) = Engine::open(&db, &staging, 1000, false).unwrap();
+        assert!(full.is_none(), "no full-page file after a pending tail");
+        assert!(!staging.join(PENDING_FILE).exists());
+        let promoted = l0.join(format_filename(Txid(3), Txid(3)));
+        let s =
+            ltx_format::verify(std::io::BufReader::new(File::open(&promoted).unwrap())).unwrap();
+        assert_eq!(s.trailer.post_apply_checksum, want);
+        assert_eq!((e.txid(), e.checksum()), (Txid(3), want));
+        // And the chain continues on top of it, equal to the database.
+        insert(&c, 150, 50);
+        let s4 = e.sync().unwrap().unwrap();
+        assert_eq!(s4.txid, Txid(4));
+        let f4 =
+            ltx_format::verify(std::io::BufReader::new(File::open(&s4.path).unwrap())).unwrap();
+        assert_eq!(f4.header.pre_apply_checksum, want);
+        assert_eq!(f4.trailer.post_apply_checksum, db_checksum(&db));
+    }
 }

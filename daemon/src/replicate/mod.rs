@@ -571,6 +571,7 @@ fn capture_loop(
                         engine.flush_wal(0);
                     }
                     if engine.pin_blocks_checkpoints() {
+                        repin = true;
                         break;
                     }
                 }
@@ -601,7 +602,12 @@ fn capture_loop(
             db_stop.store(true, Ordering::Relaxed);
             break;
         }
-        match engine.sync_and_checkpoint() {
+        let synced = if repin && !stopping {
+            engine.repin().map(|()| (None, None))
+        } else {
+            engine.sync_and_checkpoint(stopping)
+        };
+        match synced {
             Ok((a, b)) => {
                 errors_in_row = 0;
                 for s in [a, b].into_iter().flatten() {
