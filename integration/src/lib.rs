@@ -156,7 +156,8 @@ impl Daemon {
         d
     }
 
-    fn signal(&self, sig: &str) {
+    /// Sends a signal (`-TERM`, `-USR1`, …) to the daemon.
+    pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status();

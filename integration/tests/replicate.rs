@@ -1095,3 +1095,57 @@ fn replicates_a_workload_to_garage_for_both_page_sizes() {
         }
     }
 }
+
+#[test]
+fn sigusr1_writes_a_snapshot_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    create_table(&db, 4096);
+    let cfg = write_config(
+        dir.path(),
+        &db,
+        &format!("file://{}", replica.display()),
+        "    snapshot-interval: 24h\n",
+        "",
+    );
+    let log = dir.path().join("sluice.log");
+    let d = Daemon::start_ready(&cfg, &log);
+    {
+        let c = open_app(&db, 4096);
+        c.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 500)
+             INSERT INTO t(v) SELECT 'row ' || i FROM n;",
+        )
+        .unwrap();
+    }
+    let txid = settle(&db, &replica);
+    let snaps = replica.join("ltx/9");
+    assert!(!snaps.exists() || std::fs::read_dir(&snaps).unwrap().next().is_none());
+    d.signal("-USR1");
+    // The snapshot covers everything shipped when it was asked for.
+    let want = format!("{:016x}-{txid:016x}.ltx", 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !snaps.join(&want).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot {want} after SIGUSR1; log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = dir.path().join("restored.db");
+    let o = sluice(&[
+        "restore",
+        "-o",
+        s(&out),
+        &format!("file://{}", replica.display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&sluice(&["ltx", "checksum", s(&out)])).trim(),
+        state_checksum(&db)
+    );
+    assert!(d.log_text().contains("on-demand snapshot written"));
+    d.stop_ok();
+}

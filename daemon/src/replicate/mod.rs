@@ -95,6 +95,23 @@ async fn run_async(cfg: Config, external_stop: Option<watch::Receiver<bool>>) ->
         .map(|d| d.shutdown_timeout.0)
         .max()
         .unwrap_or(Duration::from_secs(10));
+    // SIGUSR1 asks every database for a snapshot now (a counter each
+    // maintenance thread compares with the last request it served).
+    let snapshot_requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    {
+        let req = snapshot_requests.clone();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+            Ok(mut usr1) => {
+                tokio::spawn(async move {
+                    while usr1.recv().await.is_some() {
+                        info!("SIGUSR1: snapshot requested");
+                        req.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            Err(e) => warn!("cannot handle SIGUSR1 (on-demand snapshots): {e}"),
+        }
+    }
     let mut tasks = Vec::new();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(cfg.dbs.len());
     for db in cfg.dbs {
@@ -113,6 +130,7 @@ async fn run_async(cfg: Config, external_stop: Option<watch::Receiver<bool>>) ->
             stop_rx.clone(),
             cancel.clone(),
             ready_tx.clone(),
+            snapshot_requests.clone(),
         )));
     }
     drop(ready_tx);
@@ -228,6 +246,7 @@ async fn run_db(
     mut stop: watch::Receiver<bool>,
     cancel: Shutdown,
     ready: tokio::sync::mpsc::Sender<()>,
+    snapshot_requests: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<()> {
     let staging = staging_dir(&db);
     std::fs::create_dir_all(&staging)
@@ -352,10 +371,22 @@ async fn run_db(
                     .map_or(Duration::from_secs(1), |d| d / 4)
                     .clamp(Duration::from_millis(50), Duration::from_secs(1));
                 let mut mt = Maintainer::new(&staging, levels, snap);
+                let mut served = snapshot_requests.load(Ordering::Relaxed);
                 while !db_stop.load(Ordering::Relaxed) && !graceful.load(Ordering::Relaxed) {
                     std::thread::sleep(tick);
                     if let Err(e) = mt.tick() {
                         warn!("maintenance: {e:#}");
+                    }
+                    let asked = snapshot_requests.load(Ordering::Relaxed);
+                    if asked != served {
+                        served = asked;
+                        match mt.snapshot() {
+                            Ok(Some(p)) => info!(file = %p.display(), "on-demand snapshot written"),
+                            Ok(None) => {
+                                info!("on-demand snapshot: nothing new since the newest snapshot")
+                            }
+                            Err(e) => warn!("on-demand snapshot: {e:#}"),
+                        }
                     }
                     let uploaded = |level: u8, max: u64| {
                         replicas
