@@ -16,8 +16,17 @@ use ltx_format::PageSize;
 
 /// The `-wal` path of a database.
 pub fn wal_path(db: &Path) -> PathBuf {
+    suffixed(db, "-wal")
+}
+
+/// The `-shm` (WAL-index) path of a database.
+pub fn shm_path(db: &Path) -> PathBuf {
+    suffixed(db, "-shm")
+}
+
+fn suffixed(db: &Path, suffix: &str) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
-    s.push("-wal");
+    s.push(suffix);
     PathBuf::from(s)
 }
 

@@ -27,6 +27,23 @@ fn write_config(dir: &Path, db: &Path, url: &str, extra_db: &str, extra_replica:
     cfg
 }
 
+/// A temporary directory with `app.db` (table `t`, page size 4096) and a
+/// config replicating it to `file://<dir>/replica`: (dir, db, replica, config).
+fn file_replica(extra_db: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    create_table(&db, 4096);
+    let cfg = write_config(
+        dir.path(),
+        &db,
+        &format!("file://{}", replica.display()),
+        extra_db,
+        "",
+    );
+    (dir, db, replica, cfg)
+}
+
 fn open_app(db: &Path, page_size: u32) -> Connection {
     let c = Connection::open(db).unwrap();
     c.execute_batch(&format!("PRAGMA page_size={page_size};"))
@@ -543,17 +560,7 @@ fn bad_databases_get_clear_errors_and_stay_untouched() {
 
 #[test]
 fn a_database_deleted_while_replicated_stops_with_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let replica = dir.path().join("replica");
-    create_table(&db, 4096);
-    let cfg = write_config(
-        dir.path(),
-        &db,
-        &format!("file://{}", replica.display()),
-        "",
-        "",
-    );
+    let (dir, db, replica, cfg) = file_replica("");
     let mut d = Daemon::start(&cfg, &dir.path().join("sluice.log"));
     settle(&db, &replica);
     std::fs::remove_file(&db).unwrap();
@@ -1098,17 +1105,7 @@ fn replicates_a_workload_to_garage_for_both_page_sizes() {
 
 #[test]
 fn sigusr1_writes_a_snapshot_on_demand() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let replica = dir.path().join("replica");
-    create_table(&db, 4096);
-    let cfg = write_config(
-        dir.path(),
-        &db,
-        &format!("file://{}", replica.display()),
-        "    snapshot-interval: 24h\n",
-        "",
-    );
+    let (dir, db, replica, cfg) = file_replica("    snapshot-interval: 24h\n");
     let log = dir.path().join("sluice.log");
     let d = Daemon::start_ready(&cfg, &log);
     {

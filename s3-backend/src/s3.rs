@@ -258,6 +258,13 @@ impl S3Store {
 
     async fn body(&self, key: &str, src: &PutSource, offset: u64, len: u64) -> Result<ByteStream> {
         const SMALL_BODY: u64 = 8 << 20;
+        let unreadable = |p: &std::path::Path, e: &dyn std::fmt::Display| StoreError::Other {
+            store: self.name.clone(),
+            op: "put",
+            key: key.to_string(),
+            detail: format!("cannot read {}: {e}", p.display()),
+            retryable: false,
+        };
         match src {
             PutSource::Bytes(b) => {
                 let end = (offset + len) as usize;
@@ -273,13 +280,7 @@ impl S3Store {
                     f.read_exact_at(&mut b, offset)?;
                     Ok(b)
                 };
-                read().map(ByteStream::from).map_err(|e| StoreError::Other {
-                    store: self.name.clone(),
-                    op: "put",
-                    key: key.to_string(),
-                    detail: format!("cannot read {}: {e}", p.display()),
-                    retryable: false,
-                })
+                read().map(ByteStream::from).map_err(|e| unreadable(p, &e))
             }
             PutSource::File(p) => ByteStream::read_from()
                 .path(p)
@@ -287,13 +288,7 @@ impl S3Store {
                 .length(Length::Exact(len))
                 .build()
                 .await
-                .map_err(|e| StoreError::Other {
-                    store: self.name.clone(),
-                    op: "put",
-                    key: key.to_string(),
-                    detail: format!("cannot read {}: {e}", p.display()),
-                    retryable: false,
-                }),
+                .map_err(|e| unreadable(p, &e)),
         }
     }
 

@@ -27,10 +27,11 @@ use ltx_format::{
     Txid, HEADER_FLAG_NO_CHECKSUM,
 };
 use rusqlite::{Connection, OpenFlags};
+use s3_backend::layout::SNAPSHOT_LEVEL;
 use tracing::{info, warn};
 
 use super::position::{read_json, write_json, write_json_durable, Position};
-use crate::capture::{now_ms, wal_path, write_ltx, write_ltx_replacing, DbSource};
+use crate::capture::{now_ms, shm_path, wal_path, write_ltx, write_ltx_replacing, DbSource};
 
 /// What one sync wrote.
 #[derive(Debug, Clone)]
@@ -119,7 +120,8 @@ pub struct Engine {
     /// checkpoint over the whole WAL after each commit: move the pin (by a
     /// sync) soon after the application writes.
     zero_pin: bool,
-    /// Whether the last checkpoint attempt took the write lock.
+    /// Whether the last `maybe_checkpoint` took the write lock (and so
+    /// synced under it).
     sealed: bool,
     /// Frames captured (durably, in `pending.ltx`) but not yet in an L0
     /// file: a seal's tail and pin moves under a heavy load, folded into the
@@ -668,17 +670,13 @@ impl Engine {
             p.wal_bytes += wal_bytes;
             return Ok(None);
         }
-        let (pages, transactions, wal_bytes) = match self.pending.take() {
+        let (transactions, wal_bytes) = match self.pending.take() {
             Some(p) => {
                 // Folded into the L0 file; a leftover is recognised at start-up.
                 let _ = std::fs::remove_file(self.staging.join(PENDING_FILE));
-                (
-                    pgnos.len(),
-                    transactions + p.transactions,
-                    wal_bytes + p.wal_bytes,
-                )
+                (transactions + p.transactions, wal_bytes + p.wal_bytes)
             }
-            None => (pgnos.len(), transactions, wal_bytes),
+            None => (transactions, wal_bytes),
         };
         self.txid = txid;
         if !self.defer_persist {
@@ -688,7 +686,7 @@ impl Engine {
         Ok(Some(Synced {
             txid,
             path,
-            pages,
+            pages: pgnos.len(),
             bytes,
             full: false,
             transactions,
@@ -723,16 +721,15 @@ impl Engine {
     /// shipped since the last flush. Under a heavy load this keeps the
     /// application's own checkpoints (and our sealed fsyncs) from having to
     /// flush hundreds of megabytes inside a commit; under a light one it
-    /// costs nothing. Returns whether it flushed.
-    pub fn flush_wal(&mut self, min_bytes: u64) -> bool {
+    /// costs nothing.
+    pub fn flush_wal(&mut self, min_bytes: u64) {
         if self.unflushed < min_bytes {
-            return false;
+            return;
         }
         if let Ok(w) = File::open(wal_path(&self.db)) {
             let _ = w.sync_data();
         }
         self.unflushed = 0;
-        true
     }
 
     /// WAL frames after the header.
@@ -752,7 +749,7 @@ impl Engine {
     pub fn sync_and_checkpoint(&mut self, last: bool) -> Result<(Option<Synced>, Option<Synced>)> {
         if let Some(unshipped) = self.unshipped_frames() {
             let due = self.wal_frames() + u64::from(unshipped) >= u64::from(self.checkpoint_pages);
-            if due && unshipped <= SEAL_INLINE_FRAMES && !self.fully_checkpointed() {
+            if due && unshipped <= SEAL_INLINE_FRAMES {
                 let sealed = self.maybe_checkpoint(true, false)?;
                 if self.sealed {
                     return Ok((None, sealed));
@@ -786,6 +783,7 @@ impl Engine {
     /// write lock so nothing new commits), ship to the WAL end, PASSIVE
     /// checkpoint, release. Returns the file shipped while sealed, if any.
     pub fn maybe_checkpoint(&mut self, force: bool, tail_pending: bool) -> Result<Option<Synced>> {
+        self.sealed = false;
         if !force && self.wal_frames() < u64::from(self.checkpoint_pages) {
             return Ok(None);
         }
@@ -808,7 +806,6 @@ impl Engine {
         self.flush_wal(SEAL_FLUSH_BYTES);
         // Then seal briefly: take the write lock so nothing new commits, ship
         // the few frames written since, copy them, release.
-        self.sealed = false;
         if self.writer.execute_batch("BEGIN IMMEDIATE").is_err() {
             // A long write transaction: try again at the next sync.
             return Ok(None);
@@ -932,16 +929,7 @@ impl Engine {
 /// TXID and checksum, so continuity is then proven against the database
 /// file alone.
 fn newest_position(pos: Option<Position>, l0_dir: &Path) -> Result<Option<Position>> {
-    let ltx = l0_dir.parent().unwrap_or(l0_dir);
-    let mut newest: Option<super::files::LocalFile> = None;
-    for level in 0..=9u8 {
-        if let Some(f) = super::files::list_level(ltx, level)?.pop() {
-            if newest.as_ref().is_none_or(|n| f.max > n.max) {
-                newest = Some(f);
-            }
-        }
-    }
-    let Some(newest) = newest else {
+    let Some(newest) = newest_staged(l0_dir.parent().unwrap_or(l0_dir))? else {
         return Ok(pos);
     };
     if pos.as_ref().is_some_and(|p| p.txid >= newest.max.0) {
@@ -971,12 +959,15 @@ fn newest_position(pos: Option<Position>, l0_dir: &Path) -> Result<Option<Positi
     }))
 }
 
-/// The highest TXID among the staged files of every level.
-fn newest_staged(ltx: &Path) -> Result<u64> {
-    let mut newest = 0;
-    for level in 0..=9u8 {
+/// The staged file with the highest TXID, over every level (an L0 file on
+/// a tie: it also carries the WAL position).
+fn newest_staged(ltx: &Path) -> Result<Option<super::files::LocalFile>> {
+    let mut newest: Option<super::files::LocalFile> = None;
+    for level in 0..=SNAPSHOT_LEVEL {
         if let Some(f) = super::files::list_level(ltx, level)?.pop() {
-            newest = newest.max(f.max.0);
+            if newest.as_ref().is_none_or(|n| f.max > n.max) {
+                newest = Some(f);
+            }
         }
     }
     Ok(newest)
@@ -992,7 +983,9 @@ fn recover_pending(staging: &Path, l0_dir: &Path, saved_txid: u64) -> Result<()>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
     };
-    let newest = newest_staged(l0_dir.parent().unwrap_or(l0_dir))?.max(saved_txid);
+    let newest = newest_staged(l0_dir.parent().unwrap_or(l0_dir))?
+        .map_or(0, |f| f.max.0)
+        .max(saved_txid);
     match ltx_format::verify(std::io::BufReader::new(file)) {
         Ok(s) if s.header.min_txid.0 == newest + 1 => {
             let t = s.header.max_txid;
@@ -1025,9 +1018,7 @@ struct ShmState {
 }
 
 fn open_shm(db: &Path) -> Option<File> {
-    let mut s = db.as_os_str().to_owned();
-    s.push("-shm");
-    File::open(PathBuf::from(s)).ok()
+    File::open(shm_path(db)).ok()
 }
 
 /// The database checksum of a page-checksum table (XOR, bit 63 forced).

@@ -550,11 +550,18 @@ fn capture_loop(
             break;
         }
         let stopping = graceful.load(Ordering::Relaxed);
-        let mut repin = false;
-        if !stopping
-            && engine.zero_pinned()
-            && recent.iter().map(|r| r.2).sum::<u64>() >= HEAVY_INTERVAL_BYTES
+        // What the last interval shipped: steady (enough transactions) and
+        // heavy (megabytes of WAL) loads are handled on a timer.
+        while recent
+            .front()
+            .is_some_and(|(t, _, _)| t.elapsed() > sync_interval)
         {
+            recent.pop_front();
+        }
+        let steady = recent.iter().map(|r| r.1).sum::<u64>() >= STEADY_TRANSACTIONS;
+        let heavy = recent.iter().map(|r| r.2).sum::<u64>() >= HEAVY_INTERVAL_BYTES;
+        let mut repin = false;
+        if !stopping && engine.zero_pinned() && heavy {
             // Just after a full checkpoint under a heavy load: our pin is on
             // read mark 0, which blocks the application's checkpoints; move
             // it as soon as the application has written a little.
@@ -565,13 +572,6 @@ fn capture_loop(
             repin = engine.pin_blocks_checkpoints();
         }
         if !stopping && !repin {
-            while recent
-                .front()
-                .is_some_and(|(t, _, _)| t.elapsed() > sync_interval)
-            {
-                recent.pop_front();
-            }
-            let steady = recent.iter().map(|r| r.1).sum::<u64>() >= STEADY_TRANSACTIONS;
             let since = last_sync.elapsed();
             if steady {
                 // Steady load: one sync per interval, on a timer. File-system
@@ -580,10 +580,9 @@ fn capture_loop(
                 // ships too little.
                 watch.set(None);
                 let until = Instant::now() + sync_interval.saturating_sub(since);
-                // A heavy load (the last interval shipped megabytes) grows
-                // the WAL fast: keep its dirty pages flowing to disk from
-                // this thread. A light one needs no flushing.
-                let heavy = recent.iter().map(|r| r.2).sum::<u64>() >= HEAVY_INTERVAL_BYTES;
+                // A heavy load grows the WAL fast: keep its dirty pages
+                // flowing to disk from this thread. A light one needs no
+                // flushing.
                 while Instant::now() < until
                     && !graceful.load(Ordering::Relaxed)
                     && !db_stop.load(Ordering::Relaxed)
