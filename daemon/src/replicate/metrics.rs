@@ -176,14 +176,20 @@ pub async fn serve(addr: String, metrics: Arc<Metrics>) {
         };
         let m = metrics.clone();
         tokio::spawn(async move {
+            // A request line may arrive in several segments: read until its
+            // end, bounded in size and time.
             let mut buf = [0u8; 1024];
-            let n =
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
+            let mut n = 0;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while n < buf.len() && !buf[..n].contains(&b'\n') {
+                match tokio::time::timeout_at(deadline, sock.read(&mut buf[n..])).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(k)) => n += k,
+                }
+            }
+            if n == 0 {
+                return;
+            }
             let req = String::from_utf8_lossy(&buf[..n]);
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
@@ -200,5 +206,44 @@ pub async fn serve(addr: String, metrics: Arc<Metrics>) {
             );
             let _ = sock.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_line_split_across_segments_is_still_served() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        tokio::spawn(serve(addr.clone(), Arc::new(Metrics::default())));
+        let mut sock = None;
+        for _ in 0..100 {
+            if let Ok(s) = tokio::net::TcpStream::connect(&addr).await {
+                sock = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut sock = sock.expect("metrics server never listened");
+        sock.set_nodelay(true).unwrap();
+        sock.write_all(b"GET ").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sock.write_all(b"/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(10), sock.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        assert!(out.ends_with("\r\n\r\nok\n"), "{out}");
     }
 }
