@@ -144,7 +144,7 @@ impl Daemon {
     pub fn start_ready(config: &std::path::Path, log: &std::path::Path) -> Daemon {
         let before = std::fs::read_to_string(log).map_or(0, |s| s.matches("capturing").count());
         let d = Daemon::start(config, log);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while d.log_text().matches("capturing").count() <= before {
             assert!(
                 std::time::Instant::now() < deadline,

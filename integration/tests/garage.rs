@@ -180,13 +180,35 @@ fn sluice_ls_matches_litestream_ltx_for_a_litestream_replica_on_garage() {
         "2s",
         "",
         dir.path(),
-        Stdio::piped(),
+        Stdio::null(),
     );
+    let url = g.url(&prefix);
+    let listing = || -> Option<serde_json::Value> {
+        let o = run(Command::new(&ls).args(["ltx", "-level", "all", "-json", &url]));
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).ok())
+            .flatten()
+    };
     for round in 0..6 {
         write_rows(&db, round * 10, round * 10 + 10);
         std::thread::sleep(Duration::from_millis(700));
     }
-    std::thread::sleep(Duration::from_secs(3));
+    // Wait (bounded) until Litestream has shipped several files and an L1
+    // compaction, rather than for a fixed time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let files = listing()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default();
+        if files.len() >= 5 && files.iter().any(|e| e["level"].as_u64() == Some(1)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            break; // the assertions below report what is there
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
     // SIGTERM for a clean stop.
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -198,7 +220,6 @@ fn sluice_ls_matches_litestream_ltx_for_a_litestream_replica_on_garage() {
     let _ = child.kill();
     let _ = child.wait();
 
-    let url = g.url(&prefix);
     let o = run(Command::new(&ls).args(["ltx", "-level", "all", "-json", &url]));
     assert!(o.status.success(), "litestream ltx: {}", stderr(&o));
     let theirs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
