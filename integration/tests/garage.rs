@@ -183,30 +183,25 @@ fn sluice_ls_matches_litestream_ltx_for_a_litestream_replica_on_garage() {
         Stdio::null(),
     );
     let url = g.url(&prefix);
-    let listing = || -> Option<serde_json::Value> {
-        let o = run(Command::new(&ls).args(["ltx", "-level", "all", "-json", &url]));
-        o.status
-            .success()
-            .then(|| serde_json::from_slice(&o.stdout).ok())
-            .flatten()
-    };
+    let litestream_ltx = || run(Command::new(&ls).args(["ltx", "-level", "all", "-json", &url]));
     for round in 0..6 {
         write_rows(&db, round * 10, round * 10 + 10);
         std::thread::sleep(Duration::from_millis(700));
     }
     // Wait (bounded) until Litestream has shipped several files and an L1
     // compaction, rather than for a fixed time.
+    let shipped = || {
+        let o = litestream_ltx();
+        let files: Vec<serde_json::Value> = if o.status.success() {
+            serde_json::from_slice(&o.stdout).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        files.len() >= 5 && files.iter().any(|e| e["level"].as_u64() == Some(1))
+    };
+    // The assertions below report what is there if the deadline passes.
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let files = listing()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default();
-        if files.len() >= 5 && files.iter().any(|e| e["level"].as_u64() == Some(1)) {
-            break;
-        }
-        if Instant::now() > deadline {
-            break; // the assertions below report what is there
-        }
+    while !shipped() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(300));
     }
     // SIGTERM for a clean stop.
@@ -220,7 +215,7 @@ fn sluice_ls_matches_litestream_ltx_for_a_litestream_replica_on_garage() {
     let _ = child.kill();
     let _ = child.wait();
 
-    let o = run(Command::new(&ls).args(["ltx", "-level", "all", "-json", &url]));
+    let o = litestream_ltx();
     assert!(o.status.success(), "litestream ltx: {}", stderr(&o));
     let theirs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let o = sluice(&["ls", "--json", &url]);
