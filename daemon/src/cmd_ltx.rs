@@ -13,7 +13,7 @@ use ltx_format::{
 };
 use serde_json::json;
 
-use crate::capture::{now_ms, DbSource};
+use crate::wal::source::{now_ms, DbSource};
 
 fn verify_path(path: &Path) -> Result<FileSummary> {
     let f = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;

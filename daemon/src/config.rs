@@ -48,10 +48,41 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "" => return Err(format!("{s:?} needs a unit: ms, s, m, h or d")),
             u => return Err(format!("unknown unit {u:?} in {s:?}: use ms, s, m, h or d")),
         };
-        total += Duration::from_secs_f64(secs);
+        total = Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(|| {
+                format!(
+                    "{s:?} is too long: at most {}d",
+                    MAX_DURATION.as_secs() / 86400
+                )
+            })?;
         rest = &rest[unit_len..];
     }
     Ok(total)
+}
+
+/// The longest duration any key takes (ten years): longer ones would
+/// overflow the clock arithmetic of timers.
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 86400);
+
+/// A secret from the configuration: usable, but never printed (`Debug`
+/// shows `<redacted>`).
+#[derive(Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl<'de> Deserialize<'de> for Dur {
@@ -172,7 +203,7 @@ pub struct ReplicaConfig {
     #[serde(default)]
     pub access_key_id: Option<String>,
     #[serde(default)]
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     /// Overrides the database's sync interval for this replica.
     #[serde(default)]
     pub sync_interval: Option<Dur>,
@@ -325,7 +356,10 @@ impl ReplicaConfig {
                 config.force_path_style = f;
             }
             config.access_key_id = self.access_key_id.clone();
-            config.secret_access_key = self.secret_access_key.clone();
+            config.secret_access_key = self
+                .secret_access_key
+                .as_ref()
+                .map(|s| s.expose().to_string());
             if config.access_key_id.is_some() != config.secret_access_key.is_some() {
                 bail!("set both access-key-id and secret-access-key, or neither");
             }
@@ -347,6 +381,51 @@ mod tests {
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
         assert!(parse_duration("10").unwrap_err().contains("needs a unit"));
         assert!(parse_duration("5x").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn huge_durations_are_errors_not_panics() {
+        for d in [
+            "99999999999999999999999h",
+            "3651d",
+            "3650d1s",
+            "18446744073709551616s",
+        ] {
+            let e = parse_duration(d).unwrap_err();
+            assert!(
+                e.contains("too long") || e.contains("not a duration"),
+                "{d}: {e}"
+            );
+        }
+        assert_eq!(
+            parse_duration("3650d").unwrap(),
+            Duration::from_secs(3650 * 86400)
+        );
+        let e = Config::parse(
+            "dbs:\n  - path: /a.db\n    sync-interval: 99999999999999999999999h\n    replicas:\n      - url: file:///x\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sync-interval") && e.contains("line 3"), "{e}");
+        assert!(e.contains("too long"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let c = Config::parse(
+            "dbs:\n  - path: /a.db\n    replicas:\n      - type: s3\n        bucket: b\n        access-key-id: AKIAEXAMPLE\n        secret-access-key: wJalrXUtnFEMI-very-secret\n",
+        )
+        .unwrap();
+        let debug = format!("{c:?} {:?}", c.dbs[0].replicas[0].resolve().unwrap());
+        assert!(!debug.contains("very-secret"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+        let ReplicaUrl::S3 { config, .. } = c.dbs[0].replicas[0].resolve().unwrap() else {
+            panic!("an s3 replica");
+        };
+        assert_eq!(
+            config.secret_access_key.as_deref(),
+            Some("wJalrXUtnFEMI-very-secret")
+        );
     }
 
     #[test]

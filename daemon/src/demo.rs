@@ -74,7 +74,7 @@ pub fn run(dir: Option<PathBuf>, transactions: u32) -> Result<ExitCode> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let daemon = std::thread::spawn(move || crate::replicate::run_until(cfg, Some(stop_rx)));
     // Let the initial snapshot land before the application starts.
-    let pos = crate::replicate::staging_dir_of(&db_path).join("position.json");
+    let pos = crate::staging::StagingDir::for_db(&db_path, None).position_path();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !pos.exists() {
         if daemon.is_finished() || Instant::now() > deadline {

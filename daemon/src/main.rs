@@ -1,13 +1,17 @@
 //! `sluice`: the replication sidecar's single binary. `main` parses the command
 //! line and dispatches to one function per subcommand.
 
-mod capture;
 mod cmd_ls;
 mod cmd_ltx;
 mod cmd_restore;
 mod config;
 mod demo;
+mod failpoint;
+mod pipeline;
 mod replicate;
+mod staging;
+mod state;
+mod wal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Result, StoreError};
 use crate::store::{BoxFut, ObjectMeta, ObjectReader, PutMode, PutSource, ReplicaStore};
@@ -37,47 +37,42 @@ impl Default for RetryPolicy {
 
 /// Fires once on shutdown; every pending store call then ends with `Cancelled`.
 #[derive(Debug)]
-pub struct ShutdownTrigger(watch::Sender<bool>);
+pub struct ShutdownTrigger(CancellationToken);
 
+/// The cancellation a store observes: a [`CancellationToken`], so a caller
+/// can make it one branch of its own cancellation tree.
 #[derive(Debug, Clone)]
-pub struct Shutdown {
-    rx: watch::Receiver<bool>,
-    /// Keeps a never-firing channel open.
-    _keep: Option<std::sync::Arc<watch::Sender<bool>>>,
-}
+pub struct Shutdown(CancellationToken);
 
 pub fn shutdown_channel() -> (ShutdownTrigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
-    (ShutdownTrigger(tx), Shutdown { rx, _keep: None })
+    let t = CancellationToken::new();
+    (ShutdownTrigger(t.clone()), Shutdown(t))
 }
 
 impl ShutdownTrigger {
     pub fn fire(&self) {
-        let _ = self.0.send(true);
+        self.0.cancel();
     }
 }
 
 impl Shutdown {
     /// A token that never fires.
     pub fn never() -> Self {
-        let (tx, rx) = watch::channel(false);
-        Shutdown {
-            rx,
-            _keep: Some(std::sync::Arc::new(tx)),
-        }
+        Shutdown(CancellationToken::new())
     }
 
     pub fn is_fired(&self) -> bool {
-        *self.rx.borrow()
+        self.0.is_cancelled()
     }
 
     pub async fn fired(&mut self) {
-        while !*self.rx.borrow() {
-            if self.rx.changed().await.is_err() {
-                // The trigger was dropped without firing: never fires.
-                std::future::pending::<()>().await;
-            }
-        }
+        self.0.cancelled().await
+    }
+}
+
+impl From<CancellationToken> for Shutdown {
+    fn from(t: CancellationToken) -> Self {
+        Shutdown(t)
     }
 }
 

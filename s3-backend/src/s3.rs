@@ -270,17 +270,22 @@ impl S3Store {
                 let end = (offset + len) as usize;
                 Ok(ByteStream::from(b[offset as usize..end].to_vec()))
             }
-            // A small file is read at once: a file-backed stream reads through
-            // the blocking pool, a thread hop per chunk.
+            // A small file is read at once, in one trip to the blocking pool
+            // (a file-backed stream makes a thread hop per chunk); never on
+            // the executor, which also serves metrics and the watchdog.
             PutSource::File(p) if len <= SMALL_BODY => {
-                let read = || -> std::io::Result<Vec<u8>> {
+                let path = p.clone();
+                let read = move || -> std::io::Result<Vec<u8>> {
                     use std::os::unix::fs::FileExt;
-                    let f = std::fs::File::open(p)?;
+                    let f = std::fs::File::open(&path)?;
                     let mut b = vec![0u8; len as usize];
                     f.read_exact_at(&mut b, offset)?;
                     Ok(b)
                 };
-                read().map(ByteStream::from).map_err(|e| unreadable(p, &e))
+                match tokio::task::spawn_blocking(read).await {
+                    Ok(r) => r.map(ByteStream::from).map_err(|e| unreadable(p, &e)),
+                    Err(e) => Err(unreadable(p, &e)),
+                }
             }
             PutSource::File(p) => ByteStream::read_from()
                 .path(p)

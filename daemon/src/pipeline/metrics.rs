@@ -21,15 +21,31 @@ pub struct DbMetrics {
     pub full_files: AtomicU64,
     /// Why replication of this database stopped, if it did.
     pub failed: Mutex<Option<String>>,
-    /// When the oldest not-yet-uploaded L0 was written (for lag).
     pub replicas: Mutex<Vec<Arc<ReplicaMetrics>>>,
+}
+
+impl DbMetrics {
+    /// Records why this database stopped (the first reason wins).
+    pub fn set_failed(&self, reason: String) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct ReplicaMetrics {
     pub name: String,
-    /// Highest TXID uploaded, per level.
-    pub uploaded: [AtomicU64; 10],
+    /// Highest L0 TXID uploaded (for lag; upload progress itself lives in
+    /// the uploader's `UploadMarks`).
     pub uploaded_txid: AtomicU64,
     pub bytes: AtomicU64,
     pub objects: AtomicU64,
@@ -42,7 +58,6 @@ pub struct ReplicaMetrics {
 
 impl ReplicaMetrics {
     pub fn record_upload(&self, level: u8, max: u64, size: u64, created: Option<SystemTime>) {
-        self.uploaded[usize::from(level).min(9)].fetch_max(max, Relaxed);
         self.bytes.fetch_add(size, Relaxed);
         self.objects.fetch_add(1, Relaxed);
         if level == 0 {

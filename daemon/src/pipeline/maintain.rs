@@ -7,20 +7,21 @@
 //! uploaded everywhere and covered by a newer snapshot.
 
 use std::fs::File;
-use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::io::{BufReader, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use ltx_format::{compact, format_filename, CompactOptions, Txid};
+use ltx_format::{compact, CompactOptions, Header, Txid, HEADER_SIZE};
+use s3_backend::layout::SNAPSHOT_LEVEL;
 use tracing::{debug, info};
 
-use super::files::{level_dir, list_level, LocalFile};
-use crate::capture::write_ltx;
+use super::uploader::UploadMarks;
+use crate::staging::{LocalFile, StagingDir, StagingError};
 
 #[derive(Debug)]
 pub struct Maintainer {
-    ltx: PathBuf,
+    staging: StagingDir,
     levels: Vec<Duration>,
     snapshot_interval: Duration,
     last_level_run: Vec<Instant>,
@@ -30,22 +31,21 @@ pub struct Maintainer {
     covered: Vec<u64>,
 }
 
-const SNAPSHOT_LEVEL: u8 = 9;
-
 impl Maintainer {
-    pub fn new(staging: &Path, levels: Vec<Duration>, snapshot_interval: Duration) -> Self {
+    pub fn new(staging: &StagingDir, levels: Vec<Duration>, snapshot_interval: Duration) -> Self {
         let now = Instant::now();
         Maintainer {
-            ltx: staging.join("ltx"),
             last_level_run: vec![now; levels.len()],
             covered: (0..=SNAPSHOT_LEVEL)
                 .map(|l| {
-                    list_level(&staging.join("ltx"), l)
+                    staging
+                        .list_level(l)
                         .ok()
                         .and_then(|f| f.last().map(|f| f.max.0))
                         .unwrap_or(0)
                 })
                 .collect(),
+            staging: staging.clone(),
             levels,
             snapshot_interval,
             last_snapshot: now,
@@ -53,7 +53,7 @@ impl Maintainer {
     }
 
     /// Runs whatever is due. Returns the files written.
-    pub fn tick(&mut self) -> Result<Vec<PathBuf>> {
+    pub fn tick(&mut self) -> Result<Vec<PathBuf>, StagingError> {
         let mut out = Vec::new();
         for i in 0..self.levels.len() {
             if self.last_level_run[i].elapsed() >= self.levels[i] {
@@ -72,8 +72,8 @@ impl Maintainer {
         Ok(out)
     }
 
-    fn covered(&self, level: u8) -> Result<u64> {
-        Ok(self.covered[usize::from(level)])
+    fn covered(&self, level: u8) -> u64 {
+        self.covered[usize::from(level)]
     }
 
     /// The contiguous run of `files` after TXID `after` (from the first file
@@ -91,49 +91,48 @@ impl Maintainer {
         chain
     }
 
-    fn merge(&self, inputs: &[LocalFile], level: u8, snapshot: bool) -> Result<Option<PathBuf>> {
-        if inputs.is_empty() {
+    fn merge(
+        &self,
+        inputs: &[LocalFile],
+        level: u8,
+        snapshot: bool,
+    ) -> Result<Option<PathBuf>, StagingError> {
+        let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
+            return Ok(None);
+        };
+        let min = if snapshot { Txid(1) } else { first.min };
+        let max = last.max;
+        if self.staging.ltx_path(level, min, max).exists() {
             return Ok(None);
         }
-        let min = if snapshot { Txid(1) } else { inputs[0].min };
-        let max = inputs[inputs.len() - 1].max;
-        let name = format_filename(min, max);
-        let dir = level_dir(&self.ltx, level);
-        if dir.join(&name).exists() {
-            return Ok(None);
-        }
-        let open = || -> Result<Vec<BufReader<File>>> {
-            inputs
-                .iter()
-                .map(|f| Ok(BufReader::new(File::open(&f.path)?)))
-                .collect()
-        };
-        let started = Instant::now();
-        let attempt = |no_checksum: bool| {
-            write_ltx(&dir, &name, |w| {
-                let opts = CompactOptions {
-                    no_checksum,
-                    allow_non_contiguous: false,
-                    snapshot,
-                };
-                compact(open()?, &mut *w, opts)?;
-                Ok(())
-            })
-        };
         // A NoChecksum input (written when the chain's checksum was unknown)
         // makes the output NoChecksum too.
-        let path = match attempt(false) {
-            Ok(p) => p,
-            Err(e) if format!("{e:#}").contains("NoChecksum") => attempt(true)?,
-            Err(e) => return Err(e).with_context(|| format!("compacting into level {level}")),
-        };
+        let mut no_checksum = false;
+        for f in inputs {
+            no_checksum |= read_header(f)?.no_checksum();
+        }
+        let started = Instant::now();
+        let path = self.staging.write_ltx(level, min, max, |w| {
+            let readers = inputs
+                .iter()
+                .map(|f| Ok(BufReader::new(File::open(&f.path)?)))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            let opts = CompactOptions {
+                no_checksum,
+                allow_non_contiguous: false,
+                snapshot,
+            };
+            compact(readers, &mut *w, opts)?;
+            Ok(())
+        })?;
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
         info!(level, file = %name, inputs = inputs.len(), elapsed_ms = started.elapsed().as_millis() as u64, "compacted");
         Ok(Some(path))
     }
 
-    pub fn compact_level(&self, level: u8) -> Result<Option<PathBuf>> {
-        let covered = self.covered(level)?;
-        let chain = Self::chain_after(list_level(&self.ltx, level - 1)?, covered);
+    pub fn compact_level(&self, level: u8) -> Result<Option<PathBuf>, StagingError> {
+        let covered = self.covered(level);
+        let chain = Self::chain_after(self.staging.list_level(level - 1)?, covered);
         // A level's first file may start the history; otherwise it must
         // continue what the level already covers.
         if chain
@@ -147,22 +146,20 @@ impl Maintainer {
 
     /// A new snapshot: the newest snapshot (or the first snapshot file of
     /// L0) merged with every later L0 file.
-    pub fn snapshot(&mut self) -> Result<Option<PathBuf>> {
-        let base = list_level(&self.ltx, SNAPSHOT_LEVEL)?
+    pub fn snapshot(&mut self) -> Result<Option<PathBuf>, StagingError> {
+        let l0 = self.staging.list_level(0)?;
+        let base = self
+            .staging
+            .list_level(SNAPSHOT_LEVEL)?
             .into_iter()
             .rfind(|f| f.min.0 == 1)
-            .or_else(|| {
-                list_level(&self.ltx, 0)
-                    .ok()?
-                    .into_iter()
-                    .find(|f| f.min.0 == 1)
-            });
+            .or_else(|| l0.iter().find(|f| f.min.0 == 1).cloned());
         let Some(base) = base else {
             debug!("no snapshot base yet");
             return Ok(None);
         };
         let mut inputs = vec![base.clone()];
-        inputs.extend(Self::chain_after(list_level(&self.ltx, 0)?, base.max.0));
+        inputs.extend(Self::chain_after(l0, base.max.0));
         if inputs.len() == 1 && base.level == SNAPSHOT_LEVEL {
             return Ok(None);
         }
@@ -174,10 +171,11 @@ impl Maintainer {
     }
 
     /// Removes local files at levels 0..=8 covered by the newest local
-    /// snapshot, by every higher level, and uploaded to every replica (per
-    /// `uploaded(level, max)`); keeps the two newest snapshots.
-    pub fn clean_local(&self, uploaded: impl Fn(u8, u64) -> bool) -> Result<usize> {
-        let snaps = list_level(&self.ltx, SNAPSHOT_LEVEL)?;
+    /// snapshot, by every higher level, and uploaded to every replica; keeps
+    /// the two newest snapshots.
+    pub fn clean_local(&self, replicas: &[Arc<UploadMarks>]) -> Result<usize, StagingError> {
+        let uploaded = |level: u8, max: u64| replicas.iter().all(|m| m.get(level) >= max);
+        let snaps = self.staging.list_level(SNAPSHOT_LEVEL)?;
         let Some(newest) = snaps.last() else {
             return Ok(0);
         };
@@ -186,23 +184,35 @@ impl Maintainer {
         let top = self.levels.len() as u8;
         for level in 0..=top {
             let next_cover = if level < top {
-                self.covered(level + 1)?
+                self.covered(level + 1)
             } else {
                 u64::MAX
             };
-            for f in list_level(&self.ltx, level)? {
+            for f in self.staging.list_level(level)? {
                 if f.max.0 <= floor && f.max.0 <= next_cover && uploaded(level, f.max.0) {
-                    std::fs::remove_file(&f.path)?;
+                    self.staging.remove(&f)?;
                     removed += 1;
                 }
             }
         }
         for f in snaps.iter().rev().skip(2) {
             if uploaded(SNAPSHOT_LEVEL, f.max.0) {
-                std::fs::remove_file(&f.path)?;
+                self.staging.remove(f)?;
                 removed += 1;
             }
         }
         Ok(removed)
     }
+}
+
+/// The header of a staged file.
+fn read_header(f: &LocalFile) -> Result<Header, StagingError> {
+    let mut b = [0u8; HEADER_SIZE];
+    File::open(&f.path)
+        .and_then(|mut r| r.read_exact(&mut b))
+        .map_err(|e| StagingError::io("read", &f.path, e))?;
+    Header::decode(&b).map_err(|source| StagingError::Encode {
+        path: f.path.clone(),
+        source,
+    })
 }

@@ -1,5 +1,5 @@
-//! Local state: the capture position of a database and the upload
-//! high-water marks of each replica, as small JSON files.
+//! Local state as small JSON files: a capture source's position and the
+//! upload high-water marks of each replica.
 //!
 //! Each update rewrites its file in place with one `pwrite` of whole JSON
 //! padded with spaces (no temporary file, no rename, no fsync): the cheapest
@@ -7,7 +7,7 @@
 //! is the durable truth:
 //! - The position is also in the newest staged LTX file, which is fsynced
 //!   before the position moves; at start-up the newer of the two wins
-//!   (`engine::newest_position`), and a position file that a power failure
+//!   (`wal::recover::newest_position`), and a position file that a power failure
 //!   left stale, torn or empty is recovered from the staged files.
 //! - A replica's progress only saves work: an upload repeated after a lost
 //!   update meets its own earlier object, which has the same bytes and is
@@ -15,30 +15,12 @@
 //!
 //! [`write_json_durable`] adds an fsync, for a clean shutdown.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-/// Where capture stands: the last TXID written to the staging directory, the
-/// database checksum after it, and the WAL position it corresponds to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
-    pub version: u32,
-    pub txid: u64,
-    /// Database checksum at `txid`, hex.
-    pub checksum: String,
-    pub page_size: u32,
-    pub commit: u32,
-    /// The WAL generation and the offset just after the last shipped commit.
-    pub wal_salt1: u32,
-    pub wal_salt2: u32,
-    pub wal_checkpoint_seq: u32,
-    pub wal_offset: u64,
-    pub wal_checksum1: u32,
-    pub wal_checksum2: u32,
-}
+use crate::staging::{fsync, fsync_dir, StagingError};
 
 /// Upload progress of one replica: the highest TXID uploaded per level.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,19 +31,19 @@ pub struct ReplicaProgress {
 }
 
 /// Rewrites `path` in place, without fsyncs.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StagingError> {
     write_state(path, value, false)
 }
 
 /// Rewrites `path` in place and durably: the file and its directory are
 /// fsynced.
-pub fn write_json_durable<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub fn write_json_durable<T: Serialize>(path: &Path, value: &T) -> Result<(), StagingError> {
     write_state(path, value, true)
 }
 
-fn write_state<T: Serialize>(path: &Path, value: &T, durable: bool) -> Result<()> {
+fn write_state<T: Serialize>(path: &Path, value: &T, durable: bool) -> Result<(), StagingError> {
     use std::os::unix::fs::FileExt;
-    let dir = path.parent().context("state file has no directory")?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
     let open = || {
         fs::OpenOptions::new()
             .read(true)
@@ -73,24 +55,29 @@ fn write_state<T: Serialize>(path: &Path, value: &T, durable: bool) -> Result<()
     let f = match open() {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            open().with_context(|| format!("cannot create {}", path.display()))?
+            fs::create_dir_all(dir).map_err(|e| StagingError::io("cannot create", dir, e))?;
+            open().map_err(|e| StagingError::io("cannot create", path, e))?
         }
-        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+        Err(e) => return Err(StagingError::io("cannot open", path, e)),
     };
-    let mut text = serde_json::to_vec_pretty(value)?;
+    let mut text = serde_json::to_vec_pretty(value).map_err(|e| StagingError::Corrupt {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
     text.push(b'\n');
     // Pad to the file's length (JSON allows trailing whitespace), so no byte
     // of an older, longer text survives; round up so lengths rarely change.
-    let old = f.metadata()?.len() as usize;
+    let old = f
+        .metadata()
+        .map_err(|e| StagingError::io("stat", path, e))?
+        .len() as usize;
     let len = old.max(text.len().next_multiple_of(STATE_PAD));
     text.resize(len, b' ');
     f.write_all_at(&text, 0)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .map_err(|e| StagingError::io("cannot write", path, e))?;
     if durable {
-        f.sync_all()
-            .with_context(|| format!("fsync {}", path.display()))?;
-        File::open(dir)?.sync_all()?;
+        fsync(&f, path)?;
+        fsync_dir(dir)?;
     }
     Ok(())
 }
@@ -98,16 +85,18 @@ fn write_state<T: Serialize>(path: &Path, value: &T, durable: bool) -> Result<()
 /// State files are padded to a multiple of this.
 const STATE_PAD: usize = 1024;
 
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+/// The state in `path`: `None` if there is none, an error naming the file if
+/// it is unreadable or corrupt.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StagingError> {
     match fs::read(path) {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
-            format!(
-                "{} is corrupt; remove it to start over with a snapshot",
-                path.display()
-            )
-        })?)),
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| StagingError::Corrupt {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(e) => Err(StagingError::io("cannot read", path, e)),
     }
 }
 
@@ -142,13 +131,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("position.json");
         fs::write(&p, b"{\"version\": 1, \"tx").unwrap();
-        let e = read_json::<Position>(&p).unwrap_err();
+        let e = read_json::<ReplicaProgress>(&p).unwrap_err();
         assert!(
             format!("{e:#}").contains("position.json is corrupt"),
             "{e:#}"
         );
         assert_eq!(
-            read_json::<Position>(&dir.path().join("none.json")).unwrap(),
+            read_json::<ReplicaProgress>(&dir.path().join("none.json")).unwrap(),
             None
         );
     }

@@ -1,0 +1,321 @@
+//! Uploads a database's staged LTX files to one replica, in TXID order per
+//! level, with put-if-absent, and applies the replica's retention.
+//!
+//! Progress (the highest TXID uploaded per level) is persisted after each
+//! object, so a restart re-uploads nothing that was acknowledged, and shared
+//! with local clean-up through [`UploadMarks`]. A replica marked
+//! `litestream-compatible` receives NoChecksum re-encodings of the same
+//! files. Every file-system step (listing, re-encoding, progress writes)
+//! runs on the blocking pool: the executor also serves metrics, signals and
+//! the systemd watchdog.
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ltx_format::{Checksum, Decoder, Encoder, HEADER_FLAG_NO_CHECKSUM};
+use s3_backend::layout::SNAPSHOT_LEVEL;
+use s3_backend::{Layout, PutMode, PutSource, ReplicaStore, StoreError};
+use tracing::{info, warn};
+
+use super::metrics::ReplicaMetrics;
+use crate::staging::{fsync, LocalFile, StagingDir, StagingError};
+use crate::state::{read_json, write_json, write_json_durable, ReplicaProgress};
+
+/// The highest TXID uploaded at each level 0..=9, shared between a replica's
+/// uploader and the database's local clean-up.
+#[derive(Debug, Default)]
+pub struct UploadMarks([AtomicU64; 10]);
+
+impl UploadMarks {
+    pub fn get(&self, level: u8) -> u64 {
+        self.0[usize::from(level).min(9)].load(Ordering::Relaxed)
+    }
+
+    fn set(&self, level: u8, max: u64) {
+        self.0[usize::from(level).min(9)].fetch_max(max, Ordering::Relaxed);
+    }
+}
+
+/// Why an upload round stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("replica {replica}: another writer owns this replica ({source})")]
+    Conflict { replica: String, source: StoreError },
+    #[error("uploading {}: {source}", path.display())]
+    Store { path: PathBuf, source: StoreError },
+    #[error(transparent)]
+    Staging(#[from] StagingError),
+}
+
+impl UploadError {
+    /// The database cannot go on: another writer, or a broken staging disk.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            UploadError::Conflict { .. } => true,
+            UploadError::Staging(e) => e.is_fatal(),
+            UploadError::Store { .. } => false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Uploader {
+    pub name: String,
+    pub url: String,
+    pub store: Arc<dyn ReplicaStore>,
+    pub layout: Layout,
+    pub litestream_compatible: bool,
+    conditional_put: Option<bool>,
+    staging: StagingDir,
+    progress_path: PathBuf,
+    progress: ReplicaProgress,
+    pub marks: Arc<UploadMarks>,
+    pub metrics: Arc<ReplicaMetrics>,
+}
+
+/// Runs blocking file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StagingError> + Send + 'static,
+) -> Result<T, StagingError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StagingError::io(
+            "blocking task",
+            Path::new("-"),
+            std::io::Error::other(e.to_string()),
+        ))
+    })
+}
+
+impl Uploader {
+    /// `index` is the replica's position in the configuration: its progress
+    /// file is `replica-<index>.json`.
+    pub fn new(
+        replica: &super::ReplicaSpec,
+        store: Arc<dyn ReplicaStore>,
+        staging: &StagingDir,
+        index: usize,
+        metrics: Arc<ReplicaMetrics>,
+    ) -> Self {
+        let url = replica.url.to_string();
+        let progress_path = staging.progress_path(index);
+        // Lost or corrupt progress only means uploads are repeated (and
+        // accepted: the objects already there have the same bytes).
+        let mut progress: ReplicaProgress = read_json(&progress_path)
+            .unwrap_or_else(|e| {
+                warn!("{e}; uploading the staged files again");
+                None
+            })
+            .unwrap_or_default();
+        if progress.url != url {
+            // A different replica at this index: start its uploads over.
+            progress = ReplicaProgress {
+                url: url.clone(),
+                uploaded: [0; 10],
+            };
+        }
+        let marks = Arc::new(UploadMarks::default());
+        for level in 0..=SNAPSHOT_LEVEL {
+            marks.set(level, progress.uploaded[usize::from(level)]);
+        }
+        Uploader {
+            name: replica.name.clone(),
+            url,
+            store,
+            layout: replica.url.layout(),
+            litestream_compatible: replica.litestream_compatible,
+            conditional_put: None,
+            staging: staging.clone(),
+            progress_path,
+            progress,
+            marks,
+            metrics,
+        }
+    }
+
+    pub fn uploaded(&self, level: u8) -> u64 {
+        self.progress.uploaded[usize::from(level)]
+    }
+
+    /// Probes put-if-absent support once; logs a warning where it is missing.
+    pub async fn probe(&mut self) -> Result<(), StoreError> {
+        if self.conditional_put.is_some() {
+            return Ok(());
+        }
+        let key = self
+            .layout
+            .sluice_key(&format!("probe-{}", std::process::id()));
+        let caps = self.store.probe(&key).await?;
+        if !caps.conditional_put {
+            warn!(replica = %self.name, url = %self.url, "store ignores conditional writes (If-None-Match); assuming a single writer");
+        }
+        self.conditional_put = Some(caps.conditional_put);
+        Ok(())
+    }
+
+    /// Staged files not uploaded yet, L0 first.
+    async fn not_uploaded(&self) -> Result<Vec<LocalFile>, StagingError> {
+        let staging = self.staging.clone();
+        let done = self.progress.uploaded;
+        blocking(move || {
+            let mut out = Vec::new();
+            for level in 0..=SNAPSHOT_LEVEL {
+                out.extend(
+                    staging
+                        .list_level(level)?
+                        .into_iter()
+                        .filter(|f| f.max.0 > done[usize::from(level)]),
+                );
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// True if every staged file of every level is uploaded.
+    pub async fn caught_up(&self) -> Result<bool, StagingError> {
+        Ok(self.not_uploaded().await?.is_empty())
+    }
+
+    /// Uploads every staged file not yet uploaded, L0 first.
+    pub async fn upload_pending(&mut self) -> Result<usize, UploadError> {
+        let mut n = 0;
+        for f in self.not_uploaded().await? {
+            self.upload(&f).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn upload(&mut self, f: &LocalFile) -> Result<(), UploadError> {
+        let key = self.layout.ltx_key(f.level, f.min, f.max);
+        let (path, tmp) = (f.path.clone(), self.staging.tmp_dir());
+        let meta = tokio::fs::metadata(&f.path)
+            .await
+            .map_err(|e| StagingError::io("stat", &f.path, e))?;
+        let src = if self.litestream_compatible {
+            PutSource::File(blocking(move || no_checksum_copy(&path, &tmp)).await?)
+        } else {
+            PutSource::File(f.path.clone())
+        };
+        let put = self.store.put(&key, &src, PutMode::Create).await;
+        if let PutSource::File(p) = &src {
+            if p != &f.path {
+                let _ = tokio::fs::remove_file(p).await;
+            }
+        }
+        match put {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() => {
+                return Err(UploadError::Conflict {
+                    replica: self.url.clone(),
+                    source: e,
+                })
+            }
+            Err(e) => {
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(UploadError::Store {
+                    path: f.path.clone(),
+                    source: e,
+                });
+            }
+        }
+        self.progress.uploaded[usize::from(f.level)] = f.max.0;
+        self.save_progress(false).await?;
+        self.marks.set(f.level, f.max.0);
+        self.metrics
+            .record_upload(f.level, f.max.0, meta.len(), meta.modified().ok());
+        Ok(())
+    }
+
+    /// Records progress (durably at a clean stop).
+    pub async fn save_progress(&self, durable: bool) -> Result<(), StagingError> {
+        let (path, progress) = (self.progress_path.clone(), self.progress.clone());
+        blocking(move || {
+            if durable {
+                write_json_durable(&path, &progress)
+            } else {
+                write_json(&path, &progress)
+            }
+        })
+        .await
+    }
+
+    /// Deletes replica files no restore within `retention` needs: everything
+    /// (levels 0..=8) covered by the newest snapshot older than the window,
+    /// and older snapshots. Nothing is deleted without such a snapshot.
+    pub async fn apply_retention(&self, retention: Duration) -> Result<usize, StoreError> {
+        let Some(cutoff) = SystemTime::now().checked_sub(retention) else {
+            return Ok(0);
+        };
+        let snaps = self
+            .store
+            .list(&self.layout.level_dir(SNAPSHOT_LEVEL), None)
+            .await?;
+        let mut keep: Option<(u64, String)> = None;
+        for o in &snaps {
+            let Some((_, _, max)) = self.layout.parse_ltx_key(&o.key) else {
+                continue;
+            };
+            if o.last_modified.is_some_and(|t| t <= cutoff)
+                && keep.as_ref().is_none_or(|(m, _)| max.0 > *m)
+            {
+                keep = Some((max.0, o.key.clone()));
+            }
+        }
+        let Some((floor, keep_key)) = keep else {
+            return Ok(0);
+        };
+        let mut deleted = 0;
+        for level in 0..=SNAPSHOT_LEVEL {
+            for o in self.store.list(&self.layout.level_dir(level), None).await? {
+                let Some((_, _, max)) = self.layout.parse_ltx_key(&o.key) else {
+                    continue;
+                };
+                let old = if level == SNAPSHOT_LEVEL {
+                    max.0 < floor && o.key != keep_key
+                } else {
+                    max.0 <= floor
+                };
+                if old {
+                    self.store.delete(&o.key).await?;
+                    deleted += 1;
+                }
+            }
+        }
+        if deleted > 0 {
+            info!(replica = %self.name, deleted, floor = format!("{floor:016x}"), "retention removed replica files");
+        }
+        Ok(deleted)
+    }
+}
+
+/// A NoChecksum re-encoding of a staged file, in the staging tmp dir (the
+/// form `litestream restore` accepts).
+fn no_checksum_copy(path: &Path, tmp: &Path) -> Result<PathBuf, StagingError> {
+    std::fs::create_dir_all(tmp).map_err(|e| StagingError::io("create", tmp, e))?;
+    let name = path.file_name().unwrap_or_default();
+    let out = tmp.join(name);
+    let encode_err = |source| StagingError::Encode {
+        path: out.clone(),
+        source,
+    };
+    let src = std::fs::File::open(path).map_err(|e| StagingError::io("open", path, e))?;
+    let mut dec = Decoder::new(BufReader::new(src)).map_err(encode_err)?;
+    let mut h = *dec.header();
+    h.flags = HEADER_FLAG_NO_CHECKSUM;
+    h.pre_apply_checksum = Checksum::ZERO;
+    let f = std::fs::File::create(&out).map_err(|e| StagingError::io("create", &out, e))?;
+    let mut enc = Encoder::new(std::io::BufWriter::new(&f), h).map_err(encode_err)?;
+    let mut page = vec![0u8; h.page_size.as_usize()];
+    while let Some(pgno) = dec.next_page(&mut page).map_err(encode_err)? {
+        enc.encode_page(pgno, &page).map_err(encode_err)?;
+    }
+    let (w, _) = enc.finish(Checksum::ZERO).map_err(encode_err)?;
+    w.into_inner()
+        .map_err(|e| StagingError::io("write", &out, e.into_error()))?;
+    fsync(&f, &out)?;
+    Ok(out)
+}

@@ -1,0 +1,403 @@
+//! The staging directory of one database: the only owner of its local paths.
+//!
+//! ```text
+//! <staging>/ltx/<level>/<min>-<max>.ltx   LTX files, laid out as a file:// replica
+//! <staging>/position.json                 the capture source's position (a hint)
+//! <staging>/pending.ltx                   captured frames not yet in an L0 file
+//! <staging>/replica-<i>.json              upload progress of replica i (a hint)
+//! <staging>/tmp/                          re-encodings being uploaded
+//! ```
+//!
+//! Invariants: an LTX file appears under its final name only once it is
+//! complete and fsynced, and its directory fsynced; a shipped name is never
+//! written twice. A failed fsync is fatal ([`StagingError::is_fatal`]): the
+//! kernel may already have dropped the dirty pages, so a retry could
+//! "succeed" on data that is gone. A full disk is not: it is retried.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter};
+use std::path::{Path, PathBuf};
+
+use ltx_format::{format_filename, parse_filename, Txid};
+use s3_backend::layout::SNAPSHOT_LEVEL;
+
+use crate::failpoint;
+
+/// Why a staging operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    #[error("{}: no space left on device; free space on its filesystem (sluice keeps retrying)", path.display())]
+    NoSpace { path: PathBuf },
+    #[error("fsync of {} failed: {source}; its data may already be lost from the page cache, so this database stops (fix the disk, then restart sluice: it re-establishes the chain)", path.display())]
+    Fsync { path: PathBuf, source: io::Error },
+    #[error("{} already exists; shipped LTX files are never overwritten", path.display())]
+    Exists { path: PathBuf },
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{} is corrupt ({detail}); remove it to start over with a snapshot", path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("writing {}: {source}", path.display())]
+    Encode {
+        path: PathBuf,
+        source: ltx_format::Error,
+    },
+}
+
+impl StagingError {
+    pub fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        if is_no_space(&source) {
+            StagingError::NoSpace {
+                path: path.to_path_buf(),
+            }
+        } else {
+            StagingError::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+
+    /// The database must stop: a failed fsync, an I/O error of the device
+    /// (EIO), or an attempt to rewrite a shipped file. Everything else (a full
+    /// disk, a missing directory) may succeed when retried.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            StagingError::Fsync { .. } | StagingError::Exists { .. } => true,
+            StagingError::Io { source, .. } => source.raw_os_error() == Some(EIO),
+            StagingError::Encode { source, .. } => match source {
+                ltx_format::Error::Io(e) => e.raw_os_error() == Some(EIO),
+                _ => false,
+            },
+            StagingError::NoSpace { .. } | StagingError::Corrupt { .. } => false,
+        }
+    }
+}
+
+const EIO: i32 = 5;
+const ENOSPC: i32 = 28;
+
+fn is_no_space(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(ENOSPC) || e.kind() == io::ErrorKind::StorageFull
+}
+
+/// The encoder's error, with a full disk kept recognisable.
+fn encode_error(path: &Path, e: ltx_format::Error) -> StagingError {
+    match e {
+        ltx_format::Error::Io(io) if is_no_space(&io) => StagingError::NoSpace {
+            path: path.to_path_buf(),
+        },
+        source => StagingError::Encode {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+/// Fsyncs `f` (at `path`), through the `staging-fsync` fail point.
+pub fn fsync(f: &File, path: &Path) -> Result<(), StagingError> {
+    failpoint::fsync(path)
+        .and_then(|()| f.sync_all())
+        .map_err(|source| StagingError::Fsync {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Fsyncs a directory, so a rename into it is durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), StagingError> {
+    let f = File::open(dir).map_err(|e| StagingError::io("open", dir, e))?;
+    fsync(&f, dir)
+}
+
+/// A staged LTX file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalFile {
+    pub level: u8,
+    pub min: Txid,
+    pub max: Txid,
+    pub path: PathBuf,
+}
+
+/// The paths of one database's staging directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagingDir {
+    root: PathBuf,
+}
+
+impl StagingDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StagingDir { root: root.into() }
+    }
+
+    /// `configured`, or the default `<db dir>/.<db name>-sluice`.
+    pub fn for_db(db: &Path, configured: Option<&Path>) -> Self {
+        if let Some(d) = configured {
+            return Self::new(d);
+        }
+        let name = db
+            .file_name()
+            .map_or_else(|| "db".into(), |n| n.to_string_lossy().into_owned());
+        Self::new(
+            db.parent()
+                .unwrap_or(Path::new("/"))
+                .join(format!(".{name}-sluice")),
+        )
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn create(&self) -> Result<(), StagingError> {
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| StagingError::io("cannot create staging directory", &self.root, e))
+    }
+
+    fn ltx_dir(&self) -> PathBuf {
+        self.root.join("ltx")
+    }
+
+    pub fn level_dir(&self, level: u8) -> PathBuf {
+        self.ltx_dir().join(level.to_string())
+    }
+
+    pub fn ltx_path(&self, level: u8, min: Txid, max: Txid) -> PathBuf {
+        self.level_dir(level).join(format_filename(min, max))
+    }
+
+    pub fn position_path(&self) -> PathBuf {
+        self.root.join("position.json")
+    }
+
+    pub fn pending_path(&self) -> PathBuf {
+        self.root.join(PENDING_FILE)
+    }
+
+    pub fn progress_path(&self, replica: usize) -> PathBuf {
+        self.root.join(format!("replica-{replica}.json"))
+    }
+
+    /// Re-encodings being uploaded (never the durable truth).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Files of one level, by (max, min).
+    pub fn list_level(&self, level: u8) -> Result<Vec<LocalFile>, StagingError> {
+        let dir = self.level_dir(level);
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StagingError::io("list", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.map_err(|e| StagingError::io("list", &dir, e))?;
+            let name = e.file_name();
+            let Some((min, max)) = name.to_str().and_then(parse_filename) else {
+                continue;
+            };
+            out.push(LocalFile {
+                level,
+                min,
+                max,
+                path: e.path(),
+            });
+        }
+        out.sort_by_key(|f| (f.max, f.min));
+        Ok(out)
+    }
+
+    /// The staged file with the highest TXID over every level (an L0 file on
+    /// a tie: it also carries the WAL position).
+    pub fn newest(&self) -> Result<Option<LocalFile>, StagingError> {
+        let mut newest: Option<LocalFile> = None;
+        for level in 0..=SNAPSHOT_LEVEL {
+            if let Some(f) = self.list_level(level)?.pop() {
+                if newest.as_ref().is_none_or(|n| f.max > n.max) {
+                    newest = Some(f);
+                }
+            }
+        }
+        Ok(newest)
+    }
+
+    /// Whether this directory holds any history of the database: a position,
+    /// a pending tail or a staged file. Without one, a replica that already
+    /// holds files belongs to someone else.
+    pub fn has_history(&self) -> Result<bool, StagingError> {
+        Ok(self.position_path().exists()
+            || self.pending_path().exists()
+            || self.newest()?.is_some())
+    }
+
+    /// Writes `ltx/<level>/<min>-<max>.ltx`: temp file, fsync, rename, fsync
+    /// of the directory. Never replaces a file.
+    pub fn write_ltx<F>(
+        &self,
+        level: u8,
+        min: Txid,
+        max: Txid,
+        encode: F,
+    ) -> Result<PathBuf, StagingError>
+    where
+        F: FnOnce(&mut BufWriter<SyncEvery<'_>>) -> ltx_format::Result<()>,
+    {
+        let dir = self.level_dir(level);
+        write_file(&dir, &format_filename(min, max), false, encode)
+    }
+
+    /// Writes the pending tail, replacing the previous one (local state that
+    /// is never uploaded).
+    pub fn write_pending<F>(&self, encode: F) -> Result<PathBuf, StagingError>
+    where
+        F: FnOnce(&mut BufWriter<SyncEvery<'_>>) -> ltx_format::Result<()>,
+    {
+        write_file(&self.root, PENDING_FILE, true, encode)
+    }
+
+    /// Moves the pending tail into place as the L0 file of `txid`.
+    pub fn promote_pending(&self, txid: Txid) -> Result<PathBuf, StagingError> {
+        let dir = self.level_dir(0);
+        std::fs::create_dir_all(&dir).map_err(|e| StagingError::io("create", &dir, e))?;
+        let to = dir.join(format_filename(txid, txid));
+        if to.exists() {
+            return Err(StagingError::Exists { path: to });
+        }
+        let from = self.pending_path();
+        std::fs::rename(&from, &to).map_err(|e| StagingError::io("rename", &from, e))?;
+        fsync_dir(&dir)?;
+        Ok(to)
+    }
+
+    pub fn remove_pending(&self) -> Result<(), StagingError> {
+        let p = self.pending_path();
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StagingError::io("remove", &p, e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn remove(&self, f: &LocalFile) -> Result<(), StagingError> {
+        std::fs::remove_file(&f.path).map_err(|e| StagingError::io("remove", &f.path, e))
+    }
+}
+
+const PENDING_FILE: &str = "pending.ltx";
+
+fn write_file<F>(dir: &Path, name: &str, replace: bool, encode: F) -> Result<PathBuf, StagingError>
+where
+    F: FnOnce(&mut BufWriter<SyncEvery<'_>>) -> ltx_format::Result<()>,
+{
+    std::fs::create_dir_all(dir).map_err(|e| StagingError::io("cannot create", dir, e))?;
+    let path = dir.join(name);
+    if !replace && path.exists() {
+        return Err(StagingError::Exists { path });
+    }
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| StagingError::io("cannot create", &tmp, e))?;
+    let written = (|| -> Result<(), StagingError> {
+        let mut w = BufWriter::new(SyncEvery::new(&f, &tmp));
+        encode(&mut w).map_err(|e| encode_error(&tmp, e))?;
+        w.into_inner()
+            .map_err(|e| encode_error(&tmp, e.into_error().into()))?;
+        fsync(&f, &tmp)
+    })();
+    if let Err(e) = written {
+        // A full disk or a failed encode leaves nothing behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| StagingError::io("rename", &tmp, e))?;
+    fsync_dir(dir)?;
+    Ok(path)
+}
+
+/// A file writer that flushes to disk every 16 MiB, so a large file (a
+/// snapshot) never leaves a gigabyte of dirty pages for one final fsync that
+/// would stall the application's own fsyncs on the same disk.
+#[derive(Debug)]
+pub struct SyncEvery<'a> {
+    f: &'a File,
+    path: &'a Path,
+    unsynced: usize,
+}
+
+impl<'a> SyncEvery<'a> {
+    const CHUNK: usize = 16 << 20;
+
+    pub fn new(f: &'a File, path: &'a Path) -> Self {
+        SyncEvery {
+            f,
+            path,
+            unsynced: 0,
+        }
+    }
+}
+
+impl io::Write for SyncEvery<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = (&mut &*self.f).write(buf)?;
+        self.unsynced += n;
+        if self.unsynced >= Self::CHUNK {
+            failpoint::fsync(self.path)?;
+            self.f.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StagingDir::for_db(&dir.path().join("app.db"), None);
+        assert_eq!(s.root(), dir.path().join(".app.db-sluice"));
+        assert!(!s.has_history().unwrap());
+        s.write_ltx(0, Txid(1), Txid(1), |_| Ok(())).unwrap();
+        s.write_ltx(0, Txid(2), Txid(2), |_| Ok(())).unwrap();
+        s.write_ltx(1, Txid(1), Txid(2), |_| Ok(())).unwrap();
+        assert!(s.has_history().unwrap());
+        let l0 = s.list_level(0).unwrap();
+        assert_eq!(l0.len(), 2);
+        assert_eq!(l0[1].path, s.ltx_path(0, Txid(2), Txid(2)));
+        // L0 wins a tie: it carries the WAL position.
+        assert_eq!(s.newest().unwrap().unwrap().level, 0);
+        let e = s.write_ltx(0, Txid(2), Txid(2), |_| Ok(())).unwrap_err();
+        assert!(e.is_fatal(), "{e}");
+        assert!(e.to_string().contains("never overwritten"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_encode_leaves_nothing_and_a_full_disk_is_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StagingDir::new(dir.path());
+        let full = io::Error::from_raw_os_error(ENOSPC);
+        let e = s
+            .write_ltx(0, Txid(1), Txid(1), |_| Err(full.into()))
+            .unwrap_err();
+        assert!(matches!(e, StagingError::NoSpace { .. }), "{e:?}");
+        assert!(!e.is_fatal());
+        assert_eq!(std::fs::read_dir(s.level_dir(0)).unwrap().count(), 0);
+        let eio = StagingError::io("write", dir.path(), io::Error::from_raw_os_error(EIO));
+        assert!(eio.is_fatal());
+    }
+}
