@@ -12,9 +12,9 @@
 
 use std::io::Read;
 
-use crc::{Digest, Table};
-
-use crate::checksum::{lock_pgno, read_full, Checksum, DbChecksum, CHECKSUM_FLAG, CRC64};
+use crate::checksum::{
+    lock_pgno, read_full, Checksum, Crc64Digest, DbChecksum, CHECKSUM_FLAG, CRC64,
+};
 use crate::error::{Error, Result, Rule, Violation};
 use crate::frame::{
     decode_block, parse_page_header, read_lz4_frame, PAGE_FLAG_SIZE, PAGE_HEADER_SIZE,
@@ -40,7 +40,7 @@ pub struct FileSummary {
 pub struct Decoder<R: Read> {
     r: R,
     header: Header,
-    digest: Digest<'static, u64, Table<16>>,
+    digest: Crc64Digest,
     offset: u64,
     frames: Vec<IndexEntry>,
     last_pgno: u32,
@@ -315,7 +315,7 @@ impl<R: Read> Decoder<R> {
         }
         let trailer = Trailer::decode(trailer_bytes);
         self.digest.update(&tail[..tail.len() - 8]);
-        let computed = Checksum(CHECKSUM_FLAG | self.digest.clone().finalize());
+        let computed = Checksum(CHECKSUM_FLAG | self.digest.finalize());
         if computed != trailer.file_checksum {
             return Err(Error::invalid(
                 Rule::FileChecksum,

@@ -7,9 +7,7 @@
 
 use std::io::Write;
 
-use crc::{Digest, Table};
-
-use crate::checksum::{lock_pgno, Checksum, DbChecksum, CHECKSUM_FLAG, CRC64};
+use crate::checksum::{lock_pgno, Checksum, Crc64Digest, DbChecksum, CHECKSUM_FLAG, CRC64};
 use crate::error::{Error, Result};
 use crate::frame::{frame_prefix, FRAME_PREFIX_SIZE, PAGE_HEADER_SIZE};
 use crate::header::{Header, Trailer, HEADER_SIZE};
@@ -21,7 +19,7 @@ pub use crate::frame::PAGE_FLAG_SIZE;
 pub struct Encoder<W: Write> {
     w: W,
     header: Header,
-    digest: Digest<'static, u64, Table<16>>,
+    digest: Crc64Digest,
     offset: u64,
     index: PageIndex,
     last_pgno: u32,
