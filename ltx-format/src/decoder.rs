@@ -330,6 +330,14 @@ impl<R: Read> Decoder<R> {
         if let Some(v) = self.deferred.take() {
             return Err(Error::Invalid(Box::new(v)));
         }
+        self.check_index(&index, &idx_bytes[..used], tail_start)?;
+        self.check_trailer(&trailer, tail_start)?;
+        self.done = Some(trailer);
+        Ok(())
+    }
+
+    /// The page index must list exactly the frames read, canonically encoded.
+    fn check_index(&self, index: &PageIndex, idx_bytes: &[u8], tail_start: u64) -> Result<()> {
         if index.entries != self.frames {
             let i = index
                 .entries
@@ -351,13 +359,19 @@ impl<R: Read> Decoder<R> {
             return Err(Error::invalid(Rule::PageIndex, detail).at(tail_start));
         }
         let canonical = index.encode();
-        if canonical[..] != idx_bytes[..used] {
+        if canonical[..] != idx_bytes[..] {
             return Err(Error::invalid(
                 Rule::PageIndex,
                 "page index entries differ from frame: varints are not minimally encoded",
             )
             .at(tail_start));
         }
+        Ok(())
+    }
+
+    /// Trailer rules: the post-apply checksum's shape, and a snapshot's
+    /// completeness and page sum.
+    fn check_trailer(&self, trailer: &Trailer, tail_start: u64) -> Result<()> {
         let h = self.header;
         let post = trailer.post_apply_checksum;
         let post_off = self.offset - TRAILER_SIZE as u64;
@@ -414,7 +428,6 @@ impl<R: Read> Decoder<R> {
                 .at(post_off));
             }
         }
-        self.done = Some(trailer);
         Ok(())
     }
 
