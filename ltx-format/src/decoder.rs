@@ -12,14 +12,18 @@
 
 use std::io::Read;
 
-use crc::{Digest, Table};
-
-use crate::checksum::{lock_pgno, read_full, Checksum, DbChecksum, CHECKSUM_FLAG, CRC64};
-use crate::encoder::{PAGE_FLAG_SIZE, PAGE_HEADER_SIZE};
+use crate::checksum::{
+    lock_pgno, read_full, Checksum, Crc64Digest, DbChecksum, CHECKSUM_FLAG, CRC64,
+};
 use crate::error::{Error, Result, Rule, Violation};
+use crate::frame::{
+    decode_block, parse_page_header, read_lz4_frame, PAGE_FLAG_SIZE, PAGE_HEADER_SIZE,
+};
 use crate::header::{Header, Trailer, HEADER_SIZE, TRAILER_SIZE};
 use crate::index::{IndexEntry, PageIndex};
-use crate::PageSize;
+
+// Kept at their old paths for callers of `ltx_format::decoder::*`.
+pub use crate::frame::{decode_frame, max_frame_size};
 
 /// What a fully decoded file looked like.
 #[derive(Debug, Clone)]
@@ -33,16 +37,10 @@ pub struct FileSummary {
     pub legacy_frames: usize,
 }
 
-/// The largest frame a page of this size can take: header, size prefix and
-/// the worst-case LZ4 block.
-pub fn max_frame_size(ps: PageSize) -> usize {
-    PAGE_HEADER_SIZE + 4 + lz4_flex::block::get_maximum_output_size(ps.as_usize())
-}
-
 pub struct Decoder<R: Read> {
     r: R,
     header: Header,
-    digest: Digest<'static, u64, Table<16>>,
+    digest: Crc64Digest,
     offset: u64,
     frames: Vec<IndexEntry>,
     last_pgno: u32,
@@ -156,8 +154,7 @@ impl<R: Read> Decoder<R> {
         self.read_exact_at(&mut ph, || {
             format!("truncated page header in frame {frame_no}")
         })?;
-        let pgno = u32::from_be_bytes([ph[0], ph[1], ph[2], ph[3]]);
-        let flags = u16::from_be_bytes([ph[4], ph[5]]);
+        let (pgno, flags) = parse_page_header(&ph);
         if pgno == 0 {
             if flags != 0 {
                 return Err(Error::invalid(
@@ -318,7 +315,7 @@ impl<R: Read> Decoder<R> {
         }
         let trailer = Trailer::decode(trailer_bytes);
         self.digest.update(&tail[..tail.len() - 8]);
-        let computed = Checksum(CHECKSUM_FLAG | self.digest.clone().finalize());
+        let computed = Checksum(CHECKSUM_FLAG | self.digest.finalize());
         if computed != trailer.file_checksum {
             return Err(Error::invalid(
                 Rule::FileChecksum,
@@ -333,6 +330,14 @@ impl<R: Read> Decoder<R> {
         if let Some(v) = self.deferred.take() {
             return Err(Error::Invalid(Box::new(v)));
         }
+        self.check_index(&index, &idx_bytes[..used], tail_start)?;
+        self.check_trailer(&trailer, tail_start)?;
+        self.done = Some(trailer);
+        Ok(())
+    }
+
+    /// The page index must list exactly the frames read, canonically encoded.
+    fn check_index(&self, index: &PageIndex, idx_bytes: &[u8], tail_start: u64) -> Result<()> {
         if index.entries != self.frames {
             let i = index
                 .entries
@@ -354,13 +359,19 @@ impl<R: Read> Decoder<R> {
             return Err(Error::invalid(Rule::PageIndex, detail).at(tail_start));
         }
         let canonical = index.encode();
-        if canonical[..] != idx_bytes[..used] {
+        if canonical[..] != idx_bytes[..] {
             return Err(Error::invalid(
                 Rule::PageIndex,
                 "page index entries differ from frame: varints are not minimally encoded",
             )
             .at(tail_start));
         }
+        Ok(())
+    }
+
+    /// Trailer rules: the post-apply checksum's shape, and a snapshot's
+    /// completeness and page sum.
+    fn check_trailer(&self, trailer: &Trailer, tail_start: u64) -> Result<()> {
         let h = self.header;
         let post = trailer.post_apply_checksum;
         let post_off = self.offset - TRAILER_SIZE as u64;
@@ -417,7 +428,6 @@ impl<R: Read> Decoder<R> {
                 .at(post_off));
             }
         }
-        self.done = Some(trailer);
         Ok(())
     }
 
@@ -446,79 +456,6 @@ pub fn verify<R: Read>(r: R) -> Result<FileSummary> {
     d.into_summary()
 }
 
-fn decode_block(block: &[u8], out: &mut [u8]) -> Result<()> {
-    match lz4_flex::block::decompress_into(block, out) {
-        Ok(n) if n == out.len() => Ok(()),
-        Ok(n) => Err(Error::invalid(
-            Rule::PayloadSize,
-            format!(
-                "payload decompresses to {n} bytes, page size is {}",
-                out.len()
-            ),
-        )),
-        Err(e) => Err(Error::invalid(
-            Rule::Lz4Block,
-            format!("LZ4 block does not decode: {e}"),
-        )),
-    }
-}
-
-/// Decodes one whole frame held in memory (as fetched by a ranged read through
-/// the page index) into `out`; returns its page number. No checksum covers a
-/// single frame, so this checks structure only.
-pub fn decode_frame(frame: &[u8], page_size: PageSize, out: &mut [u8]) -> Result<u32> {
-    if out.len() != page_size.as_usize() {
-        return Err(Error::Usage("page buffer has the wrong size".into()));
-    }
-    if frame.len() < PAGE_HEADER_SIZE {
-        return Err(Error::invalid(Rule::Truncated, "truncated page header"));
-    }
-    let pgno = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
-    let flags = u16::from_be_bytes([frame[4], frame[5]]);
-    if pgno == 0 {
-        return Err(Error::invalid(Rule::PageHeader, "page number required"));
-    }
-    match flags {
-        PAGE_FLAG_SIZE => {
-            let sb = frame
-                .get(6..10)
-                .ok_or_else(|| Error::invalid(Rule::Truncated, "truncated size prefix"))?;
-            let csize = u32::from_be_bytes([sb[0], sb[1], sb[2], sb[3]]) as usize;
-            if frame.len() != 10 + csize {
-                return Err(Error::invalid(
-                    Rule::PageIndex,
-                    format!(
-                        "frame is {} bytes, its size prefix says {}",
-                        frame.len(),
-                        10 + csize
-                    ),
-                )
-                .page(pgno));
-            }
-            decode_block(&frame[10..], out).map_err(|e| e.page(pgno))?;
-        }
-        0 => {
-            let mut r = &frame[6..];
-            read_lz4_frame(&mut r, out).map_err(|e| e.page(pgno))?;
-            if !r.is_empty() {
-                return Err(Error::invalid(
-                    Rule::UnexpectedBytes,
-                    format!("{} bytes after the LZ4 frame", r.len()),
-                )
-                .page(pgno));
-            }
-        }
-        f => {
-            return Err(Error::invalid(
-                Rule::PageHeader,
-                format!("invalid page header flags 0x{f:04x}"),
-            )
-            .page(pgno))
-        }
-    }
-    Ok(pgno)
-}
-
 struct CountingReader<'a, R: Read> {
     r: &'a mut R,
     n: u64,
@@ -529,214 +466,5 @@ impl<R: Read> Read for CountingReader<'_, R> {
         let k = self.r.read(buf)?;
         self.n += k as u64;
         Ok(k)
-    }
-}
-
-const LZ4_FRAME_MAGIC: u32 = 0x184D_2204;
-
-/// Reads one complete LZ4 frame (the legacy page payload) that must decompress
-/// to exactly `out.len()` bytes, and consumes nothing past its end.
-fn read_lz4_frame<R: Read>(r: &mut R, out: &mut [u8]) -> Result<()> {
-    let lz = |d: String| Error::invalid(Rule::Lz4Block, d);
-    let trunc =
-        |what: &str| Error::invalid(Rule::Truncated, format!("truncated LZ4 frame ({what})"));
-    let mut fixed = [0u8; 6];
-    if read_full(r, &mut fixed)? < 6 {
-        return Err(trunc("header"));
-    }
-    let magic = u32::from_le_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]);
-    if magic != LZ4_FRAME_MAGIC {
-        return Err(lz(format!(
-            "LZ4 frame magic is {magic:08x}, want {LZ4_FRAME_MAGIC:08x}"
-        )));
-    }
-    let flg = fixed[4];
-    let bd = fixed[5];
-    if flg >> 6 != 1 {
-        return Err(lz(format!(
-            "unsupported LZ4 frame version in FLG 0x{flg:02x}"
-        )));
-    }
-    if flg & 0x02 != 0 || bd & 0x8f != 0 {
-        return Err(lz(format!(
-            "reserved bits set in LZ4 frame descriptor (FLG 0x{flg:02x}, BD 0x{bd:02x})"
-        )));
-    }
-    let block_checksums = flg & 0x10 != 0;
-    let has_content_size = flg & 0x08 != 0;
-    let content_checksum = flg & 0x04 != 0;
-    let has_dict = flg & 0x01 != 0;
-    let block_max = match (bd >> 4) & 0x7 {
-        4 => 64 << 10,
-        5 => 256 << 10,
-        6 => 1 << 20,
-        7 => 4 << 20,
-        x => return Err(lz(format!("invalid LZ4 block size id {x}"))),
-    };
-    let mut desc = vec![flg, bd];
-    let extra = if has_content_size { 8 } else { 0 } + if has_dict { 4 } else { 0 };
-    let mut opt = vec![0u8; extra + 1];
-    if read_full(r, &mut opt)? < opt.len() {
-        return Err(trunc("descriptor"));
-    }
-    desc.extend_from_slice(&opt[..extra]);
-    let hc = opt[extra];
-    let want_hc = ((xxh32(&desc, 0) >> 8) & 0xff) as u8;
-    if hc != want_hc {
-        return Err(lz(format!(
-            "LZ4 frame header checksum is {hc:02x}, want {want_hc:02x}"
-        )));
-    }
-    if has_dict {
-        return Err(lz("LZ4 frames with a dictionary are not used by LTX".into()));
-    }
-    if has_content_size {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&opt[..8]);
-        let cs = u64::from_le_bytes(a);
-        if cs != out.len() as u64 {
-            return Err(Error::invalid(
-                Rule::PayloadSize,
-                format!("LZ4 frame content size {cs}, page size is {}", out.len()),
-            ));
-        }
-    }
-    let mut filled = 0usize;
-    let mut block = Vec::new();
-    loop {
-        let mut sb = [0u8; 4];
-        if read_full(r, &mut sb)? < 4 {
-            return Err(trunc("block size"));
-        }
-        let raw = u32::from_le_bytes(sb);
-        if raw == 0 {
-            break;
-        }
-        let uncompressed = raw & 0x8000_0000 != 0;
-        let len = (raw & 0x7fff_ffff) as usize;
-        if len > block_max {
-            return Err(lz(format!(
-                "LZ4 frame block of {len} bytes exceeds the {block_max}-byte maximum"
-            )));
-        }
-        block.resize(len, 0);
-        if read_full(r, &mut block)? < len {
-            return Err(trunc("block"));
-        }
-        if block_checksums {
-            let mut cb = [0u8; 4];
-            if read_full(r, &mut cb)? < 4 {
-                return Err(trunc("block checksum"));
-            }
-            if u32::from_le_bytes(cb) != xxh32(&block, 0) {
-                return Err(lz("LZ4 frame block checksum mismatch".into()));
-            }
-        }
-        let room = &mut out[filled..];
-        let n = if uncompressed {
-            if len > room.len() {
-                return Err(Error::invalid(
-                    Rule::PayloadSize,
-                    "payload decompresses to more than the page size",
-                ));
-            }
-            room[..len].copy_from_slice(&block);
-            len
-        } else {
-            lz4_flex::block::decompress_into(&block, room)
-                .map_err(|e| lz(format!("LZ4 block does not decode: {e}")))?
-        };
-        filled += n;
-    }
-    if content_checksum {
-        let mut cb = [0u8; 4];
-        if read_full(r, &mut cb)? < 4 {
-            return Err(trunc("content checksum"));
-        }
-        if u32::from_le_bytes(cb) != xxh32(&out[..filled], 0) {
-            return Err(lz("LZ4 frame content checksum mismatch".into()));
-        }
-    }
-    if filled != out.len() {
-        return Err(Error::invalid(
-            Rule::PayloadSize,
-            format!(
-                "payload decompresses to {filled} bytes, page size is {}",
-                out.len()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// xxHash32, for the LZ4 frame header and content checksums.
-fn xxh32(data: &[u8], seed: u32) -> u32 {
-    const P1: u32 = 0x9E37_79B1;
-    const P2: u32 = 0x85EB_CA77;
-    const P3: u32 = 0xC2B2_AE3D;
-    const P4: u32 = 0x27D4_EB2F;
-    const P5: u32 = 0x1656_67B1;
-    let rd = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let round = |acc: u32, x: u32| {
-        acc.wrapping_add(x.wrapping_mul(P2))
-            .rotate_left(13)
-            .wrapping_mul(P1)
-    };
-    let mut rest = data;
-    let mut h = if data.len() >= 16 {
-        let mut v = [
-            seed.wrapping_add(P1).wrapping_add(P2),
-            seed.wrapping_add(P2),
-            seed,
-            seed.wrapping_sub(P1),
-        ];
-        while rest.len() >= 16 {
-            for (i, lane) in v.iter_mut().enumerate() {
-                *lane = round(*lane, rd(&rest[i * 4..]));
-            }
-            rest = &rest[16..];
-        }
-        v[0].rotate_left(1)
-            .wrapping_add(v[1].rotate_left(7))
-            .wrapping_add(v[2].rotate_left(12))
-            .wrapping_add(v[3].rotate_left(18))
-    } else {
-        seed.wrapping_add(P5)
-    };
-    h = h.wrapping_add(data.len() as u32);
-    while rest.len() >= 4 {
-        h = h
-            .wrapping_add(rd(rest).wrapping_mul(P3))
-            .rotate_left(17)
-            .wrapping_mul(P4);
-        rest = &rest[4..];
-    }
-    for &b in rest {
-        h = h
-            .wrapping_add(u32::from(b).wrapping_mul(P5))
-            .rotate_left(11)
-            .wrapping_mul(P1);
-    }
-    h ^= h >> 15;
-    h = h.wrapping_mul(P2);
-    h ^= h >> 13;
-    h = h.wrapping_mul(P3);
-    h ^= h >> 16;
-    h
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn xxh32_known_values() {
-        assert_eq!(xxh32(b"", 0), 0x02CC_5D05);
-        assert_eq!(xxh32(b"a", 0), 0x550D_7456);
-        assert_eq!(xxh32(b"abc", 0), 0x32D1_53FF);
-        assert_eq!(
-            xxh32(b"Nobody inspects the spammish repetition", 0),
-            0xE229_3B2F
-        );
     }
 }

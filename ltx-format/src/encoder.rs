@@ -7,21 +7,19 @@
 
 use std::io::Write;
 
-use crc::{Digest, Table};
-
-use crate::checksum::{lock_pgno, Checksum, DbChecksum, CHECKSUM_FLAG, CRC64};
+use crate::checksum::{lock_pgno, Checksum, Crc64Digest, DbChecksum, CHECKSUM_FLAG, CRC64};
 use crate::error::{Error, Result};
+use crate::frame::{frame_prefix, FRAME_PREFIX_SIZE, PAGE_HEADER_SIZE};
 use crate::header::{Header, Trailer, HEADER_SIZE};
 use crate::index::{IndexEntry, PageIndex};
 
-/// Page frame flag: a 4-byte compressed size follows the page header.
-pub const PAGE_FLAG_SIZE: u16 = 0x0001;
-pub(crate) const PAGE_HEADER_SIZE: usize = 6;
+// Kept at its old path for callers of `ltx_format::encoder::PAGE_FLAG_SIZE`.
+pub use crate::frame::PAGE_FLAG_SIZE;
 
 pub struct Encoder<W: Write> {
     w: W,
     header: Header,
-    digest: Digest<'static, u64, Table<16>>,
+    digest: Crc64Digest,
     offset: u64,
     index: PageIndex,
     last_pgno: u32,
@@ -58,7 +56,7 @@ impl<W: Write> Encoder<W> {
             last_pgno: 0,
             lock: lock_pgno(header.page_size),
             pages_sum: DbChecksum::new(),
-            frame: vec![0u8; 10 + lz4_flex::block::get_maximum_output_size(ps)],
+            frame: vec![0u8; FRAME_PREFIX_SIZE + lz4_flex::block::get_maximum_output_size(ps)],
         })
     }
 
@@ -112,16 +110,16 @@ impl<W: Write> Encoder<W> {
                 )));
             }
         }
-        let n = lz4_flex::block::compress_into(data, &mut self.frame[10..])
+        let n = lz4_flex::block::compress_into(data, &mut self.frame[FRAME_PREFIX_SIZE..])
             .map_err(|e| Error::Usage(format!("LZ4 compression failed: {e}")))?;
-        self.frame[0..4].copy_from_slice(&pgno.to_be_bytes());
-        self.frame[4..6].copy_from_slice(&PAGE_FLAG_SIZE.to_be_bytes());
-        self.frame[6..10].copy_from_slice(&(n as u32).to_be_bytes());
-        self.w.write_all(&self.frame[..10 + n])?;
-        self.digest.update(&self.frame[..10]);
+        let prefix = frame_prefix(pgno, n as u32);
+        self.frame[..FRAME_PREFIX_SIZE].copy_from_slice(&prefix);
+        let size = FRAME_PREFIX_SIZE + n;
+        self.w.write_all(&self.frame[..size])?;
+        self.digest.update(&prefix);
         self.digest.update(data);
         self.pages_sum.toggle_page(pgno, data);
-        let size = 10 + n as u64;
+        let size = size as u64;
         self.index.entries.push(IndexEntry {
             pgno,
             offset: self.offset,

@@ -6,13 +6,13 @@
 //! u64 BE                                                byte length of the above
 //! ```
 //! `offset` is the absolute offset of the frame's page header, `size` the whole
-//! frame (6-byte header + 4-byte size prefix + LZ4 block).
+//! frame (see [`crate::frame`]).
 
 use std::io::{Read, Seek, SeekFrom};
 
 use crate::checksum::read_full;
-use crate::decoder::decode_frame;
 use crate::error::{Error, Result, Rule};
+use crate::frame::{decode_frame, max_frame_size, PAGE_HEADER_SIZE};
 use crate::header::{Header, HEADER_SIZE, TRAILER_SIZE};
 
 /// One page index entry.
@@ -114,7 +114,7 @@ impl PageIndex {
 /// No allocation exceeds the file's own length.
 pub fn read_page_index<R: Read + Seek>(r: &mut R) -> Result<(Header, PageIndex)> {
     let len = r.seek(SeekFrom::End(0))?;
-    let min = (HEADER_SIZE + 6 + 1 + 8 + TRAILER_SIZE) as u64;
+    let min = (HEADER_SIZE + PAGE_HEADER_SIZE + 1 + 8 + TRAILER_SIZE) as u64;
     if len < min {
         return Err(Error::invalid(
             Rule::Truncated,
@@ -149,7 +149,10 @@ pub fn read_page_index<R: Read + Seek>(r: &mut R) -> Result<(Header, PageIndex)>
         return Err(Error::invalid(Rule::PageIndex, "page index length field is wrong").at(start));
     }
     for e in &index.entries {
-        if e.offset < HEADER_SIZE as u64 || e.offset.saturating_add(e.size) > start || e.size < 6 {
+        if e.offset < HEADER_SIZE as u64
+            || e.offset.saturating_add(e.size) > start
+            || e.size < PAGE_HEADER_SIZE as u64
+        {
             return Err(Error::invalid(
                 Rule::PageIndex,
                 format!(
@@ -170,7 +173,7 @@ pub fn read_page<R: Read + Seek>(
     entry: &IndexEntry,
     out: &mut [u8],
 ) -> Result<()> {
-    let max = crate::decoder::max_frame_size(header.page_size) as u64;
+    let max = max_frame_size(header.page_size) as u64;
     if entry.size > max {
         return Err(Error::invalid(
             Rule::PageIndex,

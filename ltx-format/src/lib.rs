@@ -24,6 +24,7 @@ pub mod compactor;
 pub mod decoder;
 pub mod encoder;
 pub mod error;
+pub mod frame;
 pub mod header;
 pub mod index;
 pub mod name;
