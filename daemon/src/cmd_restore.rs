@@ -340,7 +340,7 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
         .build()?;
     rt.block_on(async move {
         let store = url.open(RetryPolicy::default(), Shutdown::never()).await?;
-        let files = match restore::list_files(&store, &url.layout()).await {
+        let files = match restore::catalogue::list(&store, &url.layout()).await {
             Ok(f) => f,
             Err(e @ (StoreError::NoSuchBucket { .. } | StoreError::NotFound { .. }))
                 if args.if_replica_exists =>

@@ -33,14 +33,16 @@ use std::time::{Duration, Instant};
 
 use ltx_format::checksum::CHECKSUM_FLAG;
 use ltx_format::{lock_pgno, Checksum, Error as LtxError, Header, Rule, Txid, HEADER_SIZE};
-use s3_backend::layout::SNAPSHOT_LEVEL;
-use s3_backend::{Layout, ReplicaStore, StoreError};
+use s3_backend::{ReplicaStore, StoreError};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::error::RestoreError;
 use crate::plan::{FileInfo, Plan, PlanError, TimeSearch};
 use crate::progress::Progress;
+/// Lists a replica: [`s3_backend::catalogue::list`], under its old name.
+pub use s3_backend::catalogue::list as list_files;
+
 use crate::verify::{
     self, chunk_entries, decode_chunk, invalid, ChunkCtx, ChunkError, ChunkOut, FileMeta, Shifts,
 };
@@ -129,54 +131,6 @@ pub struct Restored {
     pub requests: u64,
     pub integrity_check: IntegrityCheck,
     pub elapsed: Duration,
-}
-
-/// Lists levels 0..=9 of a replica (keys that are not LTX file names are
-/// skipped).
-pub async fn list_files(
-    store: &Arc<dyn ReplicaStore>,
-    layout: &Layout,
-) -> Result<Vec<FileInfo>, StoreError> {
-    let mut set = JoinSet::new();
-    for level in 0..=SNAPSHOT_LEVEL {
-        let store = store.clone();
-        let layout = layout.clone();
-        set.spawn(async move {
-            let dir = layout.level_dir(level);
-            let objects = store.list(&dir, None).await?;
-            Ok::<_, StoreError>(
-                objects
-                    .into_iter()
-                    .filter_map(|o| {
-                        let (lvl, min, max) = layout.parse_ltx_key(&o.key)?;
-                        (lvl == level && min <= max).then_some(FileInfo {
-                            level,
-                            min,
-                            max,
-                            size: o.size,
-                            key: o.key,
-                        })
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(r) = set.join_next().await {
-        out.extend(r.map_err(|e| join_store_error(&**store, e))??);
-    }
-    out.sort_by_key(|f| (f.level, f.min, f.max));
-    Ok(out)
-}
-
-fn join_store_error(store: &dyn ReplicaStore, e: tokio::task::JoinError) -> StoreError {
-    StoreError::Other {
-        store: store.describe(),
-        op: "list",
-        key: String::new(),
-        detail: format!("listing task failed: {e}"),
-        retryable: false,
-    }
 }
 
 fn name_of(key: &str) -> &str {
