@@ -4,9 +4,8 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use s3_backend::layout::SNAPSHOT_LEVEL;
 use s3_backend::retry::{RetryPolicy, Shutdown};
-use s3_backend::ReplicaUrl;
+use s3_backend::{catalogue, ReplicaUrl};
 use serde::Serialize;
 
 use restore::time::format_system_time;
@@ -23,28 +22,19 @@ pub struct Entry {
 /// Lists levels 0..=9 of a replica.
 pub async fn list_replica(url: &ReplicaUrl, policy: RetryPolicy) -> Result<Vec<Entry>> {
     let store = url.open(policy, Shutdown::never()).await?;
-    let layout = url.layout();
-    let mut out = Vec::new();
-    for level in 0..=SNAPSHOT_LEVEL {
-        let dir = layout.level_dir(level);
-        let objects = store
-            .list(&dir, None)
-            .await
-            .with_context(|| format!("listing level {level} of {url}"))?;
-        for o in objects {
-            let Some((_, min, max)) = layout.parse_ltx_key(&o.key) else {
-                continue;
-            };
-            out.push(Entry {
-                level,
-                min_txid: min.to_string(),
-                max_txid: max.to_string(),
-                size: o.size,
-                timestamp: o.last_modified.map(format_system_time).unwrap_or_default(),
-            });
-        }
-    }
-    Ok(out)
+    let files = catalogue::list(&store, &url.layout())
+        .await
+        .with_context(|| format!("listing {url}"))?;
+    Ok(files
+        .into_iter()
+        .map(|f| Entry {
+            level: f.level,
+            min_txid: f.min.to_string(),
+            max_txid: f.max.to_string(),
+            size: f.size,
+            timestamp: f.last_modified.map(format_system_time).unwrap_or_default(),
+        })
+        .collect())
 }
 
 pub fn run(url: &str, json: bool) -> Result<ExitCode> {

@@ -299,18 +299,23 @@ fn skip(reason: &str, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn run(args: RestoreArgs) -> Result<ExitCode> {
-    let (url, output) = if args.source.contains("://") {
+/// The replica and the output path named on the command line.
+fn source_and_output(args: &RestoreArgs) -> Result<(ReplicaUrl, PathBuf)> {
+    if args.source.contains("://") {
         let url = ReplicaUrl::parse(&args.source)?;
         let output = args.output.clone().ok_or_else(|| {
             anyhow!("-o/--output is required when restoring from a replica URL (where should the database go?)")
         })?;
-        (url, output)
+        Ok((url, output))
     } else {
         let db = PathBuf::from(&args.source);
         let url = replica_for_db(args.config.as_deref(), &db)?;
-        (url, args.output.clone().unwrap_or(db))
-    };
+        Ok((url, args.output.clone().unwrap_or(db)))
+    }
+}
+
+pub fn run(args: RestoreArgs) -> Result<ExitCode> {
+    let (url, output) = source_and_output(&args)?;
     let when = match (&args.txid, &args.timestamp) {
         (Some(t), _) => When::Txid(parse_txid(t)?),
         (None, Some(ts)) => When::Time(parse_rfc3339(ts).map_err(|e| anyhow!("--timestamp: {e}"))?),
@@ -338,74 +343,83 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
         .max_blocking_threads(parallelism + 4)
         .enable_all()
         .build()?;
-    rt.block_on(async move {
-        let store = url.open(RetryPolicy::default(), Shutdown::never()).await?;
-        let files = match restore::list_files(&store, &url.layout()).await {
-            Ok(f) => f,
-            Err(e @ (StoreError::NoSuchBucket { .. } | StoreError::NotFound { .. }))
-                if args.if_replica_exists =>
-            {
-                return skip(
-                    &format!("no replica at {url} ({e}) (--if-replica-exists)"),
-                    args.json,
-                );
-            }
-            Err(e) => return Err(e).with_context(|| format!("listing {url}")),
-        };
-        if files.is_empty() {
-            if args.if_replica_exists {
-                return skip(
-                    &format!("no LTX files under {url} (--if-replica-exists)"),
-                    args.json,
-                );
-            }
-            bail!("no LTX files under {url}: nothing to restore");
+    rt.block_on(restore_from(args, url, output, when, parallelism))
+}
+
+/// Lists the replica, plans, and restores (or prints the plan).
+async fn restore_from(
+    args: RestoreArgs,
+    url: ReplicaUrl,
+    output: PathBuf,
+    when: When,
+    parallelism: usize,
+) -> Result<ExitCode> {
+    let store = url.open(RetryPolicy::default(), Shutdown::never()).await?;
+    let files = match restore::catalogue::list(&store, &url.layout()).await {
+        Ok(f) => f,
+        Err(e @ (StoreError::NoSuchBucket { .. } | StoreError::NotFound { .. }))
+            if args.if_replica_exists =>
+        {
+            return skip(
+                &format!("no replica at {url} ({e}) (--if-replica-exists)"),
+                args.json,
+            );
         }
-        let (target, time) = match when {
-            When::Latest => (Target::Latest, None),
-            When::Txid(t) => (Target::Txid(t), None),
-            When::Time(ms) => {
-                let (t, at) = restore::resolve_timestamp(&store, &files, ms).await?;
-                (Target::Txid(t), Some(at))
-            }
-        };
-        let plan = restore::plan(&files, target)?;
-        if args.dry_run {
-            print_plan(&plan, &url, &output, time, args.json)?;
-            return Ok(ExitCode::SUCCESS);
+        Err(e) => return Err(e).with_context(|| format!("listing {url}")),
+    };
+    if files.is_empty() {
+        if args.if_replica_exists {
+            return skip(
+                &format!("no LTX files under {url} (--if-replica-exists)"),
+                args.json,
+            );
         }
-        let opts = Options {
-            parallelism,
-            integrity_check: match args.integrity_check {
-                IntegrityArg::None => IntegrityCheck::None,
-                IntegrityArg::Quick => IntegrityCheck::Quick,
-                IntegrityArg::Full => IntegrityCheck::Full,
-            },
-            overwrite: args.force,
-            ..Options::default()
-        };
-        let progress: Arc<dyn Progress> = if std::io::stderr().is_terminal() && !args.json {
-            Arc::new(Bar::new())
-        } else {
-            Arc::new(NoProgress)
-        };
-        let work = restore::restore(store, &plan, &output, &opts, progress.clone());
-        let r = tokio::select! {
-            r = work => r,
-            s = interrupted() => {
-                progress.finish();
-                bail!("{s}: stopped; nothing was written to {}", output.display());
-            }
-        };
-        let r = r.with_context(|| {
-            format!(
-                "restore of {url} to {} failed; nothing was written to it",
-                output.display()
-            )
-        })?;
-        print_restored(&r, &url, args.json)?;
-        Ok(ExitCode::SUCCESS)
-    })
+        bail!("no LTX files under {url}: nothing to restore");
+    }
+    let (target, time) = match when {
+        When::Latest => (Target::Latest, None),
+        When::Txid(t) => (Target::Txid(t), None),
+        When::Time(ms) => {
+            let (t, at) = restore::resolve_timestamp(&store, &files, ms).await?;
+            (Target::Txid(t), Some(at))
+        }
+    };
+    let plan = restore::plan(&files, target)?;
+    if args.dry_run {
+        print_plan(&plan, &url, &output, time, args.json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opts = Options {
+        parallelism,
+        integrity_check: match args.integrity_check {
+            IntegrityArg::None => IntegrityCheck::None,
+            IntegrityArg::Quick => IntegrityCheck::Quick,
+            IntegrityArg::Full => IntegrityCheck::Full,
+        },
+        overwrite: args.force,
+        ..Options::default()
+    };
+    let progress: Arc<dyn Progress> = if std::io::stderr().is_terminal() && !args.json {
+        Arc::new(Bar::new())
+    } else {
+        Arc::new(NoProgress)
+    };
+    let work = restore::restore(store, &plan, &output, &opts, progress.clone());
+    let r = tokio::select! {
+        r = work => r,
+        s = interrupted() => {
+            progress.finish();
+            bail!("{s}: stopped; nothing was written to {}", output.display());
+        }
+    };
+    let r = r.with_context(|| {
+        format!(
+            "restore of {url} to {} failed; nothing was written to it",
+            output.display()
+        )
+    })?;
+    print_restored(&r, &url, args.json)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGINT or SIGTERM. Dropping the restore then removes its

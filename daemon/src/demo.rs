@@ -4,17 +4,22 @@
 //! local `file://` replica while an application writes to it (inserts,
 //! updates, deletes, a `VACUUM`, and its own TRUNCATE checkpoint), with short
 //! compaction and snapshot intervals so every level appears. After a clean
-//! stop the replica is restored from its newest snapshot plus later L0 files
-//! and checked against the source: same LTX checksum, byte-identical file,
-//! `PRAGMA integrity_check` = ok.
+//! stop the replica is restored to its latest TXID by the `restore` library
+//! (the same path as `sluice restore`, with `PRAGMA integrity_check`) and
+//! checked against the source: same LTX checksum, byte-identical file.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ltx_format::{checksum_database, parse_filename, Applier};
+use ltx_format::checksum_database;
+use restore::{catalogue, FileInfo, IntegrityCheck, NoProgress, Options, Restored, Target};
 use rusqlite::Connection;
+use s3_backend::retry::{RetryPolicy, Shutdown};
+use s3_backend::ReplicaUrl;
 
 use crate::config::Config;
 
@@ -59,72 +64,12 @@ pub fn run(dir: Option<PathBuf>, transactions: u32) -> Result<ExitCode> {
     println!("database: {}", db_path.display());
     println!("replica:  file://{}", replica.display());
 
-    let app = Connection::open(&db_path)?;
-    app.busy_timeout(Duration::from_secs(10))?;
-    let mode: String = app.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    if mode != "wal" {
-        bail!("could not switch {} to WAL mode", db_path.display());
-    }
-    app.execute_batch(
-        "CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT, amount INTEGER, note TEXT);
-         CREATE INDEX orders_customer ON orders(customer);",
-    )?;
-
+    let app = create_app_db(&db_path)?;
     let cfg = embedded_config(&db_path, &replica)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let daemon = std::thread::spawn(move || crate::replicate::run_until(cfg, Some(stop_rx)));
-    // Let the initial snapshot land before the application starts.
-    let pos = crate::staging::StagingDir::for_db(&db_path, None).position_path();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pos.exists() {
-        if daemon.is_finished() || Instant::now() > deadline {
-            let r = daemon
-                .join()
-                .map_err(|_| anyhow::anyhow!("replication thread panicked"))?;
-            bail!("replication did not start: {:?}", r.map(|_| ()));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-
-    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    for i in 0..transactions {
-        let tx = app.unchecked_transaction()?;
-        match i % 10 {
-            7 => {
-                tx.execute(
-                    "UPDATE orders SET amount = amount + 1, note = note || '!' WHERE id % 7 = ?1",
-                    [i64::from(i % 7)],
-                )?;
-            }
-            9 => {
-                tx.execute("DELETE FROM orders WHERE id % 5 = ?1", [i64::from(i % 5)])?;
-            }
-            _ => {
-                for _ in 0..(1 + next() % 20) {
-                    let n = next();
-                    tx.execute(
-                        "INSERT INTO orders(customer, amount, note) VALUES (?1, ?2, ?3)",
-                        rusqlite::params![
-                            format!("customer-{}", n % 97),
-                            (n % 10_000) as i64,
-                            "x".repeat((n % 300) as usize)
-                        ],
-                    )?;
-                }
-            }
-        }
-        tx.commit()?;
-        if i == transactions / 2 {
-            app.execute_batch("DELETE FROM orders WHERE id % 3 = 0; VACUUM;")?;
-        }
-        std::thread::sleep(Duration::from_millis(15));
-    }
+    let daemon = wait_for_first_snapshot(&db_path, daemon)?;
+    run_workload(&app, transactions)?;
     // Give compaction and a snapshot time to run, then stop cleanly.
     std::thread::sleep(Duration::from_millis(2500));
     let _ = stop_tx.send(true);
@@ -138,90 +83,156 @@ pub fn run(dir: Option<PathBuf>, transactions: u32) -> Result<ExitCode> {
     app.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
     drop(app);
 
-    let mut summary = Vec::new();
-    for level in [0u8, 1, 2, 9] {
-        let files = ltx_files(&replica.join(format!("ltx/{level}")))?;
-        let bytes: u64 = files
-            .iter()
-            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-            .sum();
-        summary.push(format!("L{level}: {} files, {bytes} bytes", files.len()));
-    }
-    println!(
-        "replica after {transactions} transactions ({rows} rows): {}",
-        summary.join("; ")
-    );
-
-    // Restore: the newest snapshot, then every later L0 file.
-    let snaps = ltx_files(&replica.join("ltx/9"))?;
-    let l0 = ltx_files(&replica.join("ltx/0"))?;
-    let mut chain: Vec<PathBuf> = Vec::new();
-    let mut after = 0u64;
-    if let Some(s) = snaps.last() {
-        after = txids(s)?.1;
-        chain.push(s.clone());
-    }
-    chain.extend(
-        l0.into_iter()
-            .filter(|p| txids(p).is_ok_and(|(_, max)| max > after)),
-    );
+    let url = ReplicaUrl::File { root: replica };
     let restored = dir.join("restored.db");
-    restore_chain(&restored, &chain)?;
-    let src_sum = file_checksum(&db_path)?;
-    let out_sum = file_checksum(&restored)?;
-    let same_bytes = std::fs::read(&db_path)? == std::fs::read(&restored)?;
-    let check: String =
-        Connection::open(&restored)?.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-    println!(
-        "restored from:     {} files ({})",
-        chain.len(),
-        chain
-            .first()
-            .map_or(String::new(), |p| p.display().to_string())
-    );
-    println!("source checksum:   {src_sum}");
-    println!("restored checksum: {out_sum}");
-    println!("integrity_check:   {check}");
-    println!("byte-identical:    {same_bytes}");
+    let (files, r) = list_and_restore(&url, &restored, |files| {
+        println!(
+            "replica after {transactions} transactions ({rows} rows): {}",
+            level_summary(files)
+        );
+    })?;
+    compare(&db_path, &files, &r)?;
     println!("elapsed:           {:.2?}", started.elapsed());
-    if src_sum != out_sum || !same_bytes || check != "ok" {
-        bail!("the restored database differs from the source");
-    }
     println!("demo ok: the replica restores to the source database");
     Ok(ExitCode::SUCCESS)
 }
 
-fn txids(p: &Path) -> Result<(u64, u64)> {
-    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let (a, b) = parse_filename(name).with_context(|| format!("not an LTX file name: {name}"))?;
-    Ok((a.0, b.0))
-}
-
-fn ltx_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| txids(p).is_ok())
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e.into()),
-    };
-    v.sort();
-    Ok(v)
-}
-
-fn restore_chain(out: &Path, files: &[PathBuf]) -> Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(out)
-        .with_context(|| format!("cannot create {}", out.display()))?;
-    let mut a = Applier::new(f, None);
-    for p in files {
-        a.apply_path(p).with_context(|| p.display().to_string())?;
+/// The application's database, in WAL mode, with its schema.
+fn create_app_db(db_path: &Path) -> Result<Connection> {
+    let app = Connection::open(db_path)?;
+    app.busy_timeout(Duration::from_secs(10))?;
+    let mode: String = app.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if mode != "wal" {
+        bail!("could not switch {} to WAL mode", db_path.display());
     }
-    a.finish()?;
+    app.execute_batch(
+        "CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT, amount INTEGER, note TEXT);
+         CREATE INDEX orders_customer ON orders(customer);",
+    )?;
+    Ok(app)
+}
+
+type Daemon = JoinHandle<Result<ExitCode>>;
+
+/// Waits until replication has taken its initial snapshot, so the
+/// application starts writing after it.
+fn wait_for_first_snapshot(db_path: &Path, daemon: Daemon) -> Result<Daemon> {
+    let pos = crate::staging::StagingDir::for_db(db_path, None).position_path();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pos.exists() {
+        if daemon.is_finished() || Instant::now() > deadline {
+            let r = daemon
+                .join()
+                .map_err(|_| anyhow::anyhow!("replication thread panicked"))?;
+            bail!("replication did not start: {:?}", r.map(|_| ()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(daemon)
+}
+
+/// 1 to 20 orders with random customers, amounts and notes, drawn by
+/// SQLite's `random()` (`LIMIT` is evaluated once, so it picks the count).
+const INSERT_ORDERS: &str = "
+    WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20)
+    INSERT INTO orders(customer, amount, note)
+    SELECT 'customer-' || abs(random() % 97),
+           abs(random() % 10000),
+           substr(hex(randomblob(150)), 1, abs(random() % 300))
+    FROM n LIMIT 1 + abs(random() % 20)";
+
+/// The application: `transactions` transactions, mostly inserts, some
+/// updates and deletes, and a `VACUUM` halfway.
+fn run_workload(app: &Connection, transactions: u32) -> Result<()> {
+    for i in 0..transactions {
+        let tx = app.unchecked_transaction()?;
+        match i % 10 {
+            7 => {
+                tx.execute(
+                    "UPDATE orders SET amount = amount + 1, note = note || '!' WHERE id % 7 = ?1",
+                    [i64::from(i % 7)],
+                )?;
+            }
+            9 => {
+                tx.execute("DELETE FROM orders WHERE id % 5 = ?1", [i64::from(i % 5)])?;
+            }
+            _ => {
+                tx.execute(INSERT_ORDERS, [])?;
+            }
+        }
+        tx.commit()?;
+        if i == transactions / 2 {
+            app.execute_batch("DELETE FROM orders WHERE id % 3 = 0; VACUUM;")?;
+        }
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    Ok(())
+}
+
+/// Lists the replica (showing the listing to `show`), then restores its
+/// latest TXID into `out` with a full integrity check.
+fn list_and_restore(
+    url: &ReplicaUrl,
+    out: &Path,
+    show: impl FnOnce(&[FileInfo]),
+) -> Result<(Vec<FileInfo>, Restored)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let store = url.open(RetryPolicy::default(), Shutdown::never()).await?;
+        let files = catalogue::list(&store, &url.layout())
+            .await
+            .with_context(|| format!("listing {url}"))?;
+        show(&files);
+        let plan = restore::plan(&files, Target::Latest)?;
+        let opts = Options {
+            integrity_check: IntegrityCheck::Full,
+            ..Options::default()
+        };
+        let r = restore::restore(store, &plan, out, &opts, Arc::new(NoProgress))
+            .await
+            .with_context(|| format!("restoring {url} to {}", out.display()))?;
+        Ok((files, r))
+    })
+}
+
+/// Files and bytes at the levels the demo's configuration uses.
+fn level_summary(files: &[FileInfo]) -> String {
+    let mut summary = Vec::new();
+    for level in [0u8, 1, 2, 9] {
+        let (n, bytes) = files
+            .iter()
+            .filter(|f| f.level == level)
+            .fold((0, 0u64), |(n, b), f| (n + 1, b + f.size));
+        summary.push(format!("L{level}: {n} files, {bytes} bytes"));
+    }
+    summary.join("; ")
+}
+
+/// Prints and checks the restore against the source database.
+fn compare(db_path: &Path, files: &[FileInfo], r: &Restored) -> Result<()> {
+    let src_sum = file_checksum(db_path)?;
+    let out_sum = file_checksum(&r.output)?;
+    let same_bytes = std::fs::read(db_path)? == std::fs::read(&r.output)?;
+    let chain = match (r.files.first(), r.files.last()) {
+        (Some(a), Some(b)) if r.files.len() > 1 => format!("{a} ... {b}"),
+        (Some(a), _) => a.to_string(),
+        _ => String::new(),
+    };
+    println!(
+        "restored from:     {} of {} files ({chain})",
+        r.files.len(),
+        files.len()
+    );
+    println!("source checksum:   {src_sum}");
+    println!("restored checksum: {out_sum}");
+    // `restore` fails unless the check says "ok".
+    println!("integrity_check:   ok");
+    println!("byte-identical:    {same_bytes}");
+    if src_sum != out_sum || out_sum != r.checksum || !same_bytes {
+        bail!("the restored database differs from the source");
+    }
     Ok(())
 }
 

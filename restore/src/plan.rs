@@ -17,33 +17,10 @@
 //! one pass over the files in MaxTXID order.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use ltx_format::Txid;
 
-/// One LTX file of a replica listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileInfo {
-    pub level: u8,
-    pub min: Txid,
-    pub max: Txid,
-    /// Object size in bytes.
-    pub size: u64,
-    /// Store key, as passed to `get`.
-    pub key: String,
-}
-
-impl FileInfo {
-    pub fn is_snapshot(&self) -> bool {
-        self.min.0 == 1
-    }
-}
-
-impl fmt::Display for FileInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "L{} {}-{}", self.level, self.min, self.max)
-    }
-}
+pub use s3_backend::catalogue::FileInfo;
 
 /// What to restore to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -422,6 +399,7 @@ mod tests {
 
     /// `"L:min-max:size"` entries separated by spaces; TXIDs in hex.
     fn listing(s: &str) -> Vec<FileInfo> {
+        let layout = s3_backend::Layout::new(s3_backend::LayoutKind::File, "");
         s.split_whitespace()
             .map(|e| {
                 let mut it = e.split(':');
@@ -435,7 +413,8 @@ mod tests {
                     min,
                     max,
                     size,
-                    key: format!("ltx/{level}/{}", ltx_format::format_filename(min, max)),
+                    key: layout.ltx_key(level, min, max),
+                    last_modified: None,
                 }
             })
             .collect()

@@ -433,14 +433,14 @@ pub fn finish_full(
 }
 
 /// The layout rules a writer could break while hashing consistently, as the
-/// streaming decoder checks them; `snapshot_sum` is the database checksum of
-/// a tracked snapshot's pages, when they were all decoded.
+/// streaming decoder checks them (in its order: the first broken rule is the
+/// one reported); `snapshot_sum` is the database checksum of a tracked
+/// snapshot's pages, when they were all decoded.
 pub fn check_layout(
     meta: &FileMeta,
     name: Option<&str>,
     snapshot_sum: Option<Checksum>,
 ) -> Result<(), LtxError> {
-    let h = &meta.header;
     if !Header::reserved_is_zero(&meta.raw_header) {
         return Err(invalid(
             Rule::ReservedBytes,
@@ -449,6 +449,31 @@ pub fn check_layout(
             None,
         ));
     }
+    let last = check_page_numbers(meta)?;
+    let raw_index = &meta.tail[6..meta.tail.len() - 8];
+    if meta.index.encode() != raw_index {
+        return Err(invalid(
+            Rule::PageIndex,
+            "page index entries differ from frame: varints are not minimally encoded",
+            Some(meta.block_end + 6),
+            None,
+        ));
+    }
+    check_post_apply(meta)?;
+    let h = &meta.header;
+    if h.is_snapshot() {
+        check_snapshot_end(meta, last, snapshot_sum)?;
+    }
+    if let Some(name) = name {
+        ltx_format::apply::check_name(name, h)?;
+    }
+    Ok(())
+}
+
+/// The index's page numbers: ascending, within Commit, never the lock page,
+/// and every page for a snapshot. Returns the last page number (0 if none).
+fn check_page_numbers(meta: &FileMeta) -> Result<u32, LtxError> {
+    let h = &meta.header;
     let lock = lock_pgno(h.page_size);
     let mut prev = 0u32;
     for e in &meta.index.entries {
@@ -493,15 +518,13 @@ pub fn check_layout(
         }
         prev = pgno;
     }
-    let raw_index = &meta.tail[6..meta.tail.len() - 8];
-    if meta.index.encode() != raw_index {
-        return Err(invalid(
-            Rule::PageIndex,
-            "page index entries differ from frame: varints are not minimally encoded",
-            Some(meta.block_end + 6),
-            None,
-        ));
-    }
+    Ok(prev)
+}
+
+/// The trailer's post-apply checksum: zero under NoChecksum, otherwise well
+/// formed, and the empty database's for Commit 0.
+fn check_post_apply(meta: &FileMeta) -> Result<(), LtxError> {
+    let h = &meta.header;
     let post = meta.trailer.post_apply_checksum;
     let post_off = Some(meta.size - TRAILER_SIZE as u64);
     if h.no_checksum() {
@@ -531,35 +554,44 @@ pub fn check_layout(
             ));
         }
     }
-    if h.is_snapshot() {
-        let mut have = prev;
-        if have + 1 == lock && h.commit >= lock {
-            have += 1;
-        }
-        if have != h.commit {
+    Ok(())
+}
+
+/// A snapshot's pages end at Commit (the lock page aside), and sum to its
+/// post-apply checksum when `snapshot_sum` is known. `prev` is its last page.
+fn check_snapshot_end(
+    meta: &FileMeta,
+    prev: u32,
+    snapshot_sum: Option<Checksum>,
+) -> Result<(), LtxError> {
+    let h = &meta.header;
+    let lock = lock_pgno(h.page_size);
+    let post = meta.trailer.post_apply_checksum;
+    let post_off = Some(meta.size - TRAILER_SIZE as u64);
+    let mut have = prev;
+    if have + 1 == lock && h.commit >= lock {
+        have += 1;
+    }
+    if have != h.commit {
+        return Err(invalid(
+            Rule::SnapshotIncomplete,
+            format!(
+                "snapshot incomplete: pages end at {prev}, commit is {}",
+                h.commit
+            ),
+            Some(meta.block_end),
+            None,
+        ));
+    }
+    if let Some(sum) = snapshot_sum {
+        if !h.no_checksum() && sum != post {
             return Err(invalid(
-                Rule::SnapshotIncomplete,
-                format!(
-                    "snapshot incomplete: pages end at {prev}, commit is {}",
-                    h.commit
-                ),
-                Some(meta.block_end),
+                Rule::PostApplyChecksum,
+                format!("post-apply checksum mismatch: trailer says {post}, snapshot pages sum to {sum}"),
+                post_off,
                 None,
             ));
         }
-        if let Some(sum) = snapshot_sum {
-            if !h.no_checksum() && sum != post {
-                return Err(invalid(
-                    Rule::PostApplyChecksum,
-                    format!("post-apply checksum mismatch: trailer says {post}, snapshot pages sum to {sum}"),
-                    post_off,
-                    None,
-                ));
-            }
-        }
-    }
-    if let Some(name) = name {
-        ltx_format::apply::check_name(name, h)?;
     }
     Ok(())
 }

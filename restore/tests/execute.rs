@@ -152,7 +152,7 @@ async fn checksum_carrying_chains_fetch_only_needed_pages() {
     let mem = Arc::new(MemoryStore::new());
     for e in std::fs::read_dir(v.join("go-reference/stamped")).unwrap() {
         let p = e.unwrap().path();
-        let key = format!("ltx/0/{}", p.file_name().unwrap().to_str().unwrap());
+        let key = l0_key(&p);
         mem.put(&key, &PutSource::File(p), PutMode::Overwrite)
             .await
             .unwrap();
@@ -194,7 +194,7 @@ async fn checksum_carrying_chains_fetch_only_needed_pages() {
     // A file lying about its post-apply checksum: every file verifies on its
     // own, the result does not match, nothing is written.
     mem.put(
-        "ltx/0/0000000000000014-0000000000000014.ltx",
+        &file_layout().ltx_key(0, Txid(0x14), Txid(0x14)),
         &PutSource::File(v.join("invalid/post-apply-lie/0000000000000014-0000000000000014.ltx")),
         PutMode::Overwrite,
     )
@@ -220,7 +220,7 @@ async fn checksum_carrying_chains_fetch_only_needed_pages() {
 async fn a_corrupted_file_is_named_with_its_rule_and_nothing_is_written() {
     let root = vectors().join("litestream/replica");
     let mem = load_dir(&root).await;
-    let key = "ltx/9/0000000000000001-0000000000000014.ltx";
+    let key = &file_layout().ltx_key(9, Txid(1), Txid(0x14));
     let mut bytes = std::fs::read(root.join(key)).unwrap();
     let store: Arc<dyn ReplicaStore> = mem.clone();
     let dir = tempfile::tempdir().unwrap();
@@ -474,7 +474,7 @@ async fn a_corrupted_commit_in_a_checksum_carrying_chain_is_named() {
     let mem = Arc::new(MemoryStore::new());
     for e in std::fs::read_dir(v.join("go-reference/stamped")).unwrap() {
         let p = e.unwrap().path();
-        let key = format!("ltx/0/{}", p.file_name().unwrap().to_str().unwrap());
+        let key = l0_key(&p);
         let mut bytes = std::fs::read(&p).unwrap();
         if key.ends_with("0000000000000014-0000000000000014.ltx") {
             bytes[12] ^= 0x80;

@@ -6,9 +6,11 @@
 //! - [`retry::RetryingStore`]: timeouts, backoff with jitter, cancellation;
 //! - [`fault::FaultStore`]: injected latency, errors and dropped connections;
 //! - [`layout`]: every object key, built in one place;
+//! - [`catalogue`]: every LTX file of a replica, parsed back from a listing;
 //! - [`url::ReplicaUrl`]: Litestream-compatible replica URLs;
 //! - [`conformance`]: the suite every store passes.
 
+pub mod catalogue;
 pub mod conformance;
 pub mod error;
 pub mod fault;
@@ -20,6 +22,7 @@ pub mod s3;
 pub mod store;
 pub mod url;
 
+pub use catalogue::FileInfo;
 pub use error::{Result, StoreError};
 pub use layout::{Layout, LayoutKind};
 pub use store::{Capabilities, ObjectMeta, ObjectReader, PutMode, PutSource, ReplicaStore};

@@ -198,15 +198,18 @@ pub async fn load_dir(root: &Path) -> Arc<MemoryStore> {
         for e in rd {
             let p = e.unwrap().path();
             let name = p.file_name().unwrap().to_str().unwrap().to_string();
-            put(
-                &mem,
-                &format!("ltx/{level}/{name}"),
-                std::fs::read(&p).unwrap(),
-            )
-            .await;
+            let key = format!("{}{name}", file_layout().level_dir(level));
+            put(&mem, &key, std::fs::read(&p).unwrap()).await;
         }
     }
     mem
+}
+
+/// The key of an L0 file named like `p` (a local LTX file).
+pub fn l0_key(p: &Path) -> String {
+    let name = p.file_name().unwrap().to_str().unwrap();
+    let (min, max) = ltx_format::parse_filename(name).unwrap();
+    file_layout().ltx_key(0, min, max)
 }
 
 pub async fn listing(store: &Arc<dyn ReplicaStore>) -> Vec<FileInfo> {
