@@ -1,0 +1,408 @@
+#!/usr/bin/env bash
+# SQLite's own test suite (Debian's sqlite3 source, 3.40.1) run over a
+# directory, to check the filesystem under it: the FUSE mount against a plain
+# directory.
+#
+#   sqlite-suite.sh install
+#       Builds SQLite's `testfixture` from `apt-get source sqlite3` (adds a
+#       deb-src source copied from the machine's Debian .sources files). Also
+#       installs tcl-dev, bindfs and fuse3. Skipped when the testfixture exists.
+#   sqlite-suite.sh run [--dir DIR] [--bounded|--full] [--jobs N] [--out FILE]
+#                       [--timeout SECS] [PATTERN...]
+#       Runs the chosen test files with their working directory in DIR (each
+#       file in a fresh DIR/<file>/, so parallel runs don't share test.db).
+#       Prints `file  errors/tests  seconds  [failed tests]` per file and a
+#       total; --out writes TSV rows: file, tests, errors, failed names.
+#   sqlite-suite.sh compare --mount DIR --plain DIR [--bounded|--full]
+#                           [--jobs N] [--out-dir DIR] [PATTERN...]
+#       Runs both, prints them side by side, then "failures on the mount
+#       only:"; exits 1 iff that list is non-empty.
+#
+# Patterns are shell globs on test file names without ".test" (default: wal*
+# journal* pager* lock* trans* rollback*). --bounded (the default) runs the
+# list in BOUNDED below, ~3 minutes on 2 cores; --full runs every file
+# matching the patterns except those in NEVER.
+#
+# Env: SQLITE_SUITE_SRC (default $ROOT/.tools/sqlite-src) holds the source tree
+# and the testfixture.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+SRC_CACHE="${SQLITE_SUITE_SRC:-$ROOT/.tools/sqlite-src}"
+DEFAULT_PATTERNS=(wal\* journal\* pager\* lock\* trans\* rollback\*)
+
+log() { printf '[sqlite-suite] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 2; }
+
+# Runs "$@" and logs how long it took, under the label $1.
+timed() {
+  local label=$1 t0=$SECONDS; shift
+  log "$label ..."
+  "$@"
+  log "$label took $((SECONDS - t0)) s"
+}
+
+# The unpacked source tree (apt-get source makes sqlite3-<version>/).
+src_tree() {
+  local d
+  for d in "$SRC_CACHE"/sqlite3-*/; do
+    [ -f "$d/configure" ] && { echo "${d%/}"; return 0; }
+  done
+  return 1
+}
+
+testfixture_path() {
+  local t
+  t=$(src_tree) || return 1
+  [ -x "$t/testfixture" ] && echo "$t/testfixture"
+}
+
+# Prints deb-src stanzas mirroring every `Types: deb` stanza of the machine's
+# deb822 source files: same URIs, Suites, Components and Signed-By.
+deb_src_stanzas() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    [ "$(basename "$f")" = sluice-deb-src.sources ] && continue
+    awk '
+      function flush() {
+        if (types ~ /(^| )deb( |$)/ && uris != "" && suites != "") {
+          print "Types: deb-src"; print "URIs: " uris; print "Suites: " suites
+          print "Components: " comps
+          if (sb != "") print "Signed-By: " sb
+          print ""
+        }
+        types = uris = suites = comps = sb = ""
+      }
+      /^[ \t]*#/ { next }
+      /^[ \t]*$/ { flush(); next }
+      /^Types:/      { sub(/^Types:[ \t]*/, "");      types = $0; next }
+      /^URIs:/       { sub(/^URIs:[ \t]*/, "");       uris = $0; next }
+      /^Suites:/     { sub(/^Suites:[ \t]*/, "");     suites = $0; next }
+      /^Components:/ { sub(/^Components:[ \t]*/, ""); comps = $0; next }
+      /^Signed-By:/  { sub(/^Signed-By:[ \t]*/, "");  sb = $0; next }
+      END { flush() }
+    ' "$f"
+  done
+}
+
+add_deb_src() {
+  local target=/etc/apt/sources.list.d/sluice-deb-src.sources stanzas
+  stanzas=$(deb_src_stanzas)
+  [ -n "$stanzas" ] || die "no 'Types: deb' stanza in /etc/apt/sources.list.d/*.sources to copy"
+  if [ -f "$target" ] && [ "$(cat "$target")" = "$stanzas" ]; then
+    log "deb-src source already in $target"
+  else
+    printf '%s\n' "$stanzas" >"$target"
+    log "wrote $target"
+  fi
+  timed "apt-get update" apt-get update -qq
+}
+
+cmd_install() {
+  local t0=$SECONDS tf tree
+  export DEBIAN_FRONTEND=noninteractive
+  local need=()
+  dpkg -s tcl-dev >/dev/null 2>&1 || need+=(tcl-dev)
+  command -v bindfs >/dev/null 2>&1 || need+=(bindfs)
+  command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+  command -v dpkg-source >/dev/null 2>&1 || need+=(dpkg-dev)
+  command -v gcc >/dev/null 2>&1 || need+=(gcc make)
+  if tf=$(testfixture_path); then
+    if [ ${#need[@]} -gt 0 ]; then
+      timed "apt-get update" apt-get update -qq
+      timed "apt-get install ${need[*]}" apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+    log "ok: $tf (already built)"
+    return 0
+  fi
+  add_deb_src
+  if [ ${#need[@]} -gt 0 ]; then
+    timed "apt-get install ${need[*]}" apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  mkdir -p "$SRC_CACHE"
+  if ! tree=$(src_tree); then
+    # apt-get source runs as root here; without this it warns that it cannot
+    # drop privileges to _apt for the download.
+    (cd "$SRC_CACHE" && timed "apt-get source sqlite3" \
+      apt-get source -qq -o APT::Sandbox::User=root sqlite3)
+    tree=$(src_tree) || die "apt-get source sqlite3 left no source tree in $SRC_CACHE"
+  fi
+  # configure finds Tcl through tclConfig.sh; tcl-dev puts it here.
+  (cd "$tree" && timed "configure" nice ./configure --with-tcl=/usr/lib/tcl8.6 >configure.log 2>&1) ||
+    die "configure failed, see $tree/configure.log"
+  (cd "$tree" && timed "make testfixture" nice make -j2 testfixture >make.log 2>&1) ||
+    die "make testfixture failed, see $tree/make.log"
+  tf=$(testfixture_path) || die "no testfixture after make"
+  log "ok: $tf (install took $((SECONDS - t0)) s)"
+}
+
+
+# ---------------------------------------------------------------- run ------
+
+# Test files that --full skips too: none of them test the filesystem under
+# the database (they spawn threads against an in-memory VFS or need hours).
+NEVER=()
+
+# --bounded: chosen to finish in a few minutes on 2 cores; seconds measured on a
+# plain ext4 directory with --jobs 2 (see the header).
+BOUNDED=()
+
+# The slowest files, slowest first (seconds on a plain directory, --jobs 2):
+# --full starts them first so two jobs finish close together.
+LONG_FIRST=(walcrash3 pagerfault pagerfault2 walthread walslow walfault trans2
+  walcrash walcrash2 wal3 walprotocol trans walsetlk pager2 walvfs walcrash4)
+
+# walcrash3 is a 10,000-crash soak: ~1000 s on a plain directory.
+declare -A FULL_TIMEOUT=([walcrash3]=2400)
+
+tests_dir() { echo "$(src_tree)/test"; }
+
+# Reorders names on stdin: LONG_FIRST members first, the rest as they come.
+long_first() {
+  awk -v long="${LONG_FIRST[*]}" '
+    BEGIN { n = split(long, l, " "); for (i = 1; i <= n; i++) rank[l[i]] = i }
+    { r = ($0 in rank) ? rank[$0] : n + NR; print r "\t" $0 }' | sort -n | cut -f2
+}
+
+# Prints the test names (no .test) that match the patterns, minus NEVER.
+select_full() {
+  local dir pat f name n skip
+  dir=$(tests_dir)
+  for pat in "$@"; do
+    for f in "$dir"/$pat.test; do
+      [ -f "$f" ] || continue
+      name=$(basename "$f" .test)
+      skip=0
+      for n in "${NEVER[@]}"; do [ "$n" = "$name" ] && skip=1; done
+      [ $skip -eq 1 ] || echo "$name"
+    done
+  done | awk '!seen[$0]++' | long_first
+}
+
+# Prints the BOUNDED entries that match the patterns.
+select_bounded() {
+  local name pat
+  for name in "${BOUNDED[@]}"; do
+    for pat in "$@"; do
+      # shellcheck disable=SC2254
+      case "$name" in $pat) echo "$name"; break ;; esac
+    done
+  done
+}
+
+# Runs one test file in a fresh OUT/NAME/ and writes OUT/NAME.result, one TSV
+# line: name tests errors seconds status failed-names. status is ok, failed,
+# timeout or crash; a file that printed no summary counts as one failed test
+# named NAME:timeout or NAME:crash, so compare sees it.
+run_one() {
+  local out=$1 name=$2 limit=$3 tf=$4 tdir=$5
+  local wd="$out/$name" log="$out/$name.log" t0 rc=0 secs summary tests errors failed status
+  rm -rf "$wd"
+  mkdir -p "$wd"
+  t0=$(date +%s.%N)
+  (cd "$wd" && timeout -k 10 "$limit" "$tf" "$tdir/$name.test" </dev/null >"$log" 2>&1) || rc=$?
+  secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  summary=$(grep -E '^[0-9]+ errors out of [0-9]+ tests' "$log" | tail -n1 || true)
+  failed=$(sed -n 's/^!Failures on these tests: *//p' "$log" | tail -n1)
+  if [ -n "$summary" ]; then
+    errors=${summary%% *}
+    tests=$(awk '{ print $5 }' <<<"$summary")
+    status=ok; [ "$errors" -eq 0 ] || status=failed
+  else
+    tests=$(grep -cE '^[^ !].*\.\.\.( Ok)?$' "$log" || true)
+    errors=1
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status=timeout; else status=crash; fi
+    failed="$name:$status $failed"
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$tests" "$errors" "$secs" "$status" "${failed% }" \
+    >"$out/$name.result"
+}
+
+# Runs NAMES in parallel, at most $jobs at a time, longest first (BOUNDED and
+# the full list are both written roughly longest first).
+run_all() {
+  local out=$1 limit=$2 jobs=$3; shift 3
+  local tf tdir name
+  tf=$(testfixture_path) || die "no testfixture: run 'sqlite-suite.sh install' first"
+  tdir=$(tests_dir)
+  for name in "$@"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+    run_one "$out" "$name" "${FILE_LIMIT[$name]:-$limit}" "$tf" "$tdir" &
+  done
+  wait
+}
+
+# Prints the result table of a results dir for NAMES, and a total line.
+print_results() {
+  local out=$1; shift
+  local name
+  for name in "$@"; do cat "$out/$name.result"; done | awk -F'\t' '
+    { printf "%-16s %6s/%-6s %7ss  %-7s %s\n", $1, $3, $2, $4, $5, $6
+      t += $2; e += $3; s += $4; if ($3 > 0) nf++ }
+    END { printf "total: %d errors out of %d tests in %d files (%d with errors), %.0f s of test time\n", e, t, NR, nf, s }'
+}
+
+# Shared option parsing for run and compare; sets the globals below.
+parse_opts() {
+  MODE=bounded JOBS=2 TIMEOUT="" OUT_FILE="" RUN_DIR="" MOUNT_DIR="" PLAIN_DIR="" PATTERNS=()
+  local n
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --dir) RUN_DIR=$2; shift 2 ;;
+      --mount) MOUNT_DIR=$2; shift 2 ;;
+      --plain) PLAIN_DIR=$2; shift 2 ;;
+      --bounded) MODE=bounded; shift ;;
+      --full) MODE=full; shift ;;
+      --jobs) JOBS=$2; shift 2 ;;
+      --timeout) TIMEOUT=$2; shift 2 ;;
+      --out) OUT_FILE=$2; shift 2 ;;
+      -*) die "unknown option $1" ;;
+      *) PATTERNS+=("$1"); shift ;;
+    esac
+  done
+  [ ${#PATTERNS[@]} -gt 0 ] || PATTERNS=("${DEFAULT_PATTERNS[@]}")
+  declare -gA FILE_LIMIT=()
+  if [ -z "$TIMEOUT" ]; then
+    if [ $MODE = bounded ]; then
+      TIMEOUT=120
+    else
+      TIMEOUT=600
+      for n in "${!FULL_TIMEOUT[@]}"; do FILE_LIMIT[$n]=${FULL_TIMEOUT[$n]}; done
+    fi
+  fi
+  SELECTED=()
+  while read -r n; do [ -n "$n" ] && SELECTED+=("$n"); done < <(select_$MODE "${PATTERNS[@]}")
+  [ ${#SELECTED[@]} -gt 0 ] || die "no test file matches: ${PATTERNS[*]} ($MODE)"
+}
+
+# Runs the selected files under DIR (made absolute) into DIR/sqlite-suite.
+run_into() {
+  local dir=$1 out t0=$SECONDS
+  mkdir -p "$dir"
+  out="$(cd "$dir" && pwd)/sqlite-suite"
+  rm -rf "$out"
+  mkdir -p "$out"
+  log "running ${#SELECTED[@]} files ($MODE, --jobs $JOBS, ${TIMEOUT}s each) in $out"
+  run_all "$out" "$TIMEOUT" "$JOBS" "${SELECTED[@]}"
+  log "done in $((SECONDS - t0)) s (wall)"
+  RESULTS=$out
+}
+
+write_tsv() {
+  local out=$1 file=$2 name
+  { printf 'file\ttests\terrors\tfailed\n'
+    for name in "${SELECTED[@]}"; do
+      awk -F'\t' '{ printf "%s\t%s\t%s\t%s\n", $1, $2, $3, $6 }' "$out/$name.result"
+    done; } >"$file"
+}
+
+cmd_run() {
+  parse_opts "$@"
+  [ -n "$RUN_DIR" ] || die "run needs --dir DIR"
+  run_into "$RUN_DIR"
+  print_results "$RESULTS" "${SELECTED[@]}"
+  [ -z "$OUT_FILE" ] || write_tsv "$RESULTS" "$OUT_FILE"
+}
+
+# ------------------------------------------------------------ compare ------
+
+# Prints "file<TAB>test" for each failed test in a results dir.
+failed_pairs() {
+  local out=$1; shift
+  local name
+  for name in "$@"; do
+    awk -F'\t' '{ n = split($6, f, " "); for (i = 1; i <= n; i++) print $1 "\t" f[i] }' "$out/$name.result"
+  done | sort -u
+}
+
+# Prints the two result sets side by side.
+print_side_by_side() {
+  local plain=$1 mount=$2; shift 2
+  local name
+  printf '%-16s %-24s %-24s\n' file "plain errors/tests secs" "mount errors/tests secs"
+  for name in "$@"; do paste "$plain/$name.result" "$mount/$name.result"; done | awk -F'\t' '
+    { printf "%-16s %-24s %-24s\n", $1, $3 "/" $2 " " $4 "s", $9 "/" $8 " " $10 "s"
+      pt += $2; pe += $3; ps += $4; mt += $8; me += $9; ms += $10 }
+    END { printf "%-16s %-24s %-24s\n", "total", sprintf("%d/%d %.0fs", pe, pt, ps), sprintf("%d/%d %.0fs", me, mt, ms) }'
+  echo
+  echo "plain failures:"
+  for name in "$@"; do awk -F'\t' '$3 > 0 { print "  " $1 ": " $6 }' "$plain/$name.result"; done
+  echo "mount failures:"
+  for name in "$@"; do awk -F'\t' '$3 > 0 { print "  " $1 ": " $6 }' "$mount/$name.result"; done
+}
+
+# For each "file<TAB>test" on stdin, prints the test's "!" lines (expected/got)
+# from the mount's log, or the log's tail for a timeout or crash.
+explain_failures() {
+  local mount=$1 file test
+  while IFS=$'\t' read -r file test; do
+    echo "  $file: $test"
+    case "$test" in
+      *:timeout | *:crash) tail -n 5 "$mount/$file.log" | sed 's/^/      /' ;;
+      *) grep -F -- "! $test " "$mount/$file.log" | head -n 4 | cut -c1-300 | sed 's/^/      /' ;;
+    esac
+  done
+}
+
+cmd_compare() {
+  parse_opts "$@"
+  [ -n "$MOUNT_DIR" ] && [ -n "$PLAIN_DIR" ] || die "compare needs --mount DIR and --plain DIR"
+  local plain mount only
+  run_into "$PLAIN_DIR"; plain=$RESULTS
+  run_into "$MOUNT_DIR"; mount=$RESULTS
+  echo
+  print_side_by_side "$plain" "$mount" "${SELECTED[@]}"
+  only=$(comm -23 <(failed_pairs "$mount" "${SELECTED[@]}") <(failed_pairs "$plain" "${SELECTED[@]}"))
+  if [ -n "$OUT_FILE" ]; then
+    write_tsv "$plain" "$OUT_FILE.plain.tsv"
+    write_tsv "$mount" "$OUT_FILE.mount.tsv"
+    { printf 'file\ttest\n'; [ -z "$only" ] || printf '%s\n' "$only"; } >"$OUT_FILE.mount-only.tsv"
+  fi
+  echo
+  if [ -z "$only" ]; then
+    echo "failures on the mount only: none"
+    return 0
+  fi
+  echo "failures on the mount only: $(wc -l <<<"$only")"
+  explain_failures "$mount" <<<"$only"
+  return 1
+}
+
+# ------------------------------------------------------ compare-bindfs ------
+
+# compare with bindfs (a C passthrough FUSE filesystem) as the mount: the
+# floor any passthrough can reach, and a stand-in until `sluice mount` exists.
+# Mounts a fresh temp dir, and unmounts it on every exit path.
+cmd_compare_bindfs() {
+  command -v bindfs >/dev/null 2>&1 || die "bindfs missing: run 'sqlite-suite.sh install'"
+  local base rc=0
+  base=$(mktemp -d "${TMPDIR:-/tmp}/sqlite-suite-bindfs.XXXXXX")
+  mkdir -p "$base/backing" "$base/mnt" "$base/plain"
+  # shellcheck disable=SC2064
+  trap "fusermount3 -u '$base/mnt' 2>/dev/null || umount -l '$base/mnt' 2>/dev/null || true" EXIT
+  bindfs "$base/backing" "$base/mnt"
+  mountpoint -q "$base/mnt" || die "bindfs did not mount $base/mnt"
+  log "bindfs $base/backing on $base/mnt"
+  cmd_compare --mount "$base/mnt" --plain "$base/plain" "$@" || rc=$?
+  if [ $rc -eq 0 ]; then
+    fusermount3 -u "$base/mnt" && rm -rf "$base"
+  else
+    log "logs kept: $base/plain/sqlite-suite and $base/backing/sqlite-suite (the mount's)"
+  fi
+  return $rc
+}
+
+main() {
+  [ $# -ge 1 ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d;s/^# \{0,1\}//'; exit 2; }
+  local cmd=$1; shift
+  case "$cmd" in
+    install) cmd_install "$@" ;;
+    run) cmd_run "$@" ;;
+    compare) cmd_compare "$@" ;;
+    compare-bindfs) cmd_compare_bindfs "$@" ;;
+    *) die "unknown command '$cmd' (install, run, compare)" ;;
+  esac
+}
+
+main "$@"
