@@ -338,7 +338,7 @@ pub async fn large_object<S: ReplicaStore + ?Sized>(
         }
         pattern(42, off, &mut want[..n]);
         // `pattern` is aligned to 8 bytes: compare only aligned reads exactly.
-        if off % 8 == 0 {
+        if off.is_multiple_of(8) {
             ensure!(
                 got[..n] == want[..n],
                 "large object differs near offset {off}"

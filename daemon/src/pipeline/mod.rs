@@ -304,7 +304,7 @@ impl Pipeline {
 async fn replica_has_files(up: &Uploader, stops: &Stops) -> Option<bool> {
     let mut attempt = 0u32;
     loop {
-        match restore::list_files(&up.store, &up.layout).await {
+        match s3_backend::catalogue::list(&up.store, &up.layout).await {
             Ok(files) => return Some(!files.is_empty()),
             Err(e) => {
                 attempt += 1;

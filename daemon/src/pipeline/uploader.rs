@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use ltx_format::{Checksum, Decoder, Encoder, HEADER_FLAG_NO_CHECKSUM};
 use s3_backend::layout::SNAPSHOT_LEVEL;
-use s3_backend::{Layout, PutMode, PutSource, ReplicaStore, StoreError};
+use s3_backend::{catalogue, Layout, PutMode, PutSource, ReplicaStore, StoreError};
 use tracing::{info, warn};
 
 use super::metrics::ReplicaMetrics;
@@ -250,43 +250,29 @@ impl Uploader {
         let Some(cutoff) = SystemTime::now().checked_sub(retention) else {
             return Ok(0);
         };
-        let snaps = self
-            .store
-            .list(&self.layout.level_dir(SNAPSHOT_LEVEL), None)
-            .await?;
-        let mut keep: Option<(u64, String)> = None;
-        for o in &snaps {
-            let Some((_, _, max)) = self.layout.parse_ltx_key(&o.key) else {
-                continue;
-            };
-            if o.last_modified.is_some_and(|t| t <= cutoff)
-                && keep.as_ref().is_none_or(|(m, _)| max.0 > *m)
-            {
-                keep = Some((max.0, o.key.clone()));
-            }
-        }
-        let Some((floor, keep_key)) = keep else {
+        let files = catalogue::list(&self.store, &self.layout).await?;
+        let keep = files
+            .iter()
+            .filter(|f| f.level == SNAPSHOT_LEVEL && f.last_modified.is_some_and(|t| t <= cutoff))
+            .max_by_key(|f| f.max);
+        let Some(keep) = keep else {
             return Ok(0);
         };
+        let floor = keep.max;
         let mut deleted = 0;
-        for level in 0..=SNAPSHOT_LEVEL {
-            for o in self.store.list(&self.layout.level_dir(level), None).await? {
-                let Some((_, _, max)) = self.layout.parse_ltx_key(&o.key) else {
-                    continue;
-                };
-                let old = if level == SNAPSHOT_LEVEL {
-                    max.0 < floor && o.key != keep_key
-                } else {
-                    max.0 <= floor
-                };
-                if old {
-                    self.store.delete(&o.key).await?;
-                    deleted += 1;
-                }
+        for f in &files {
+            let old = if f.level == SNAPSHOT_LEVEL {
+                f.max < floor && f.key != keep.key
+            } else {
+                f.max <= floor
+            };
+            if old {
+                self.store.delete(&f.key).await?;
+                deleted += 1;
             }
         }
         if deleted > 0 {
-            info!(replica = %self.name, deleted, floor = format!("{floor:016x}"), "retention removed replica files");
+            info!(replica = %self.name, deleted, floor = %floor, "retention removed replica files");
         }
         Ok(deleted)
     }
