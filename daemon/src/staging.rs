@@ -26,8 +26,8 @@ use crate::failpoint;
 /// Why a staging operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StagingError {
-    #[error("{}: no space left on device; free space on its filesystem (sluice keeps retrying)", path.display())]
-    NoSpace { path: PathBuf },
+    #[error("{}: {source}; free space on its filesystem (sluice keeps retrying)", path.display())]
+    NoSpace { path: PathBuf, source: io::Error },
     #[error("fsync of {} failed: {source}; its data may already be lost from the page cache, so this database stops (fix the disk, then restart sluice: it re-establishes the chain)", path.display())]
     Fsync { path: PathBuf, source: io::Error },
     #[error("{} already exists; shipped LTX files are never overwritten", path.display())]
@@ -52,6 +52,7 @@ impl StagingError {
         if is_no_space(&source) {
             StagingError::NoSpace {
                 path: path.to_path_buf(),
+                source,
             }
         } else {
             StagingError::Io {
@@ -88,8 +89,9 @@ fn is_no_space(e: &io::Error) -> bool {
 /// The encoder's error, with a full disk kept recognisable.
 fn encode_error(path: &Path, e: ltx_format::Error) -> StagingError {
     match e {
-        ltx_format::Error::Io(io) if is_no_space(&io) => StagingError::NoSpace {
+        ltx_format::Error::Io(source) if is_no_space(&source) => StagingError::NoSpace {
             path: path.to_path_buf(),
+            source,
         },
         source => StagingError::Encode {
             path: path.to_path_buf(),
@@ -395,6 +397,7 @@ mod tests {
             .write_ltx(0, Txid(1), Txid(1), |_| Err(full.into()))
             .unwrap_err();
         assert!(matches!(e, StagingError::NoSpace { .. }), "{e:?}");
+        assert!(e.to_string().contains("No space left on device"), "{e}");
         assert!(!e.is_fatal());
         assert_eq!(std::fs::read_dir(s.level_dir(0)).unwrap().count(), 0);
         let eio = StagingError::io("write", dir.path(), io::Error::from_raw_os_error(EIO));
