@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use ltx_format::apply::check_name;
 use ltx_format::{
-    checksum_database, checksum_page, lock_pgno, verify as verify_file, Applier, Checksum, Decoder,
+    checksum_database, checksum_page, verify as verify_file, Applier, Checksum, Decoder,
     Encoder, FileSummary, Header, Txid, HEADER_FLAG_NO_CHECKSUM,
 };
 use serde_json::json;
@@ -230,15 +230,7 @@ pub fn encode_db(
     let tmp = out.with_extension("ltx.tmp");
     let f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut enc = Encoder::new(std::io::BufWriter::new(f), header)?;
-    let lock = lock_pgno(ps);
-    let mut buf = vec![0u8; ps.as_usize()];
-    for pgno in 1..=src.commit {
-        if pgno == lock {
-            continue;
-        }
-        src.read_page(pgno, &mut buf)?;
-        enc.encode_page(pgno, &buf)?;
-    }
+    src.encode_all(&mut enc, |_, _| {})?;
     let sum = enc.pages_checksum();
     let post = if no_checksum { Checksum::ZERO } else { sum };
     let (w, _) = enc.finish(post)?;

@@ -19,6 +19,8 @@
 pub mod maintain;
 pub mod metrics;
 pub mod uploader;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -369,105 +371,154 @@ fn spawn_maintainer(
 /// One replica's uploads: a round whenever a file is staged (at most one a
 /// `pace` for a slower replica), retention now and then, until capture has
 /// finished and its files are uploaded.
-async fn upload_loop(
-    mut up: Uploader,
+struct UploadTask {
+    up: Uploader,
     pace: Option<Duration>,
     retention: Duration,
-    mut rx: watch::Receiver<Captured>,
+    rx: watch::Receiver<Captured>,
+    handoff: Handoff,
+    last_upload: Option<Instant>,
+    last_retention: Instant,
+    backoff: Duration,
+}
+
+/// What an upload round leads to.
+enum Flow {
+    /// Wait for the next file.
+    Wait,
+    /// The round failed: it was retried after a pause; go again.
+    Again,
+    /// The task is done.
+    End,
+}
+
+async fn upload_loop(
+    up: Uploader,
+    pace: Option<Duration>,
+    retention: Duration,
+    rx: watch::Receiver<Captured>,
     handoff: Handoff,
 ) {
-    let halt = handoff.stops.halt.clone();
-    let mut last_upload: Option<Instant> = None;
-    let mut last_retention = Instant::now();
-    let mut backoff = Duration::from_millis(200);
-    while !halt.is_cancelled() {
-        let captured = *rx.borrow_and_update();
+    let mut t = UploadTask {
+        up,
+        pace,
+        retention,
+        rx,
+        handoff,
+        last_upload: None,
+        last_retention: Instant::now(),
+        backoff: Duration::from_millis(200),
+    };
+    while !t.handoff.stops.halt.is_cancelled() {
+        match t.round().await {
+            Flow::End => return,
+            Flow::Again => continue,
+            Flow::Wait => {}
+        }
+        t.retain().await;
+        if !t.wait().await {
+            return;
+        }
+    }
+}
+
+impl UploadTask {
+    /// Uploads what is staged; records when the replica falls behind and
+    /// catches up (for the lag metric).
+    async fn round(&mut self) -> Flow {
+        let captured = *self.rx.borrow_and_update();
         let finished = captured == Captured::Finished;
         let latest = match captured {
             Captured::Staged(t) => t.0,
             _ => 0,
         };
-        if up.uploaded(0) < latest {
-            let mut p = up
-                .metrics
-                .pending_since
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+        let metrics = self.up.metrics.clone();
+        let pending_since = &metrics.pending_since;
+        if self.up.uploaded(0) < latest {
+            let mut p = pending_since.lock().unwrap_or_else(|p| p.into_inner());
             p.get_or_insert_with(Instant::now);
         }
-        if let Err(e) = up.probe().await {
-            warn!(replica = %up.name, "store not reachable yet: {e}");
+        if let Err(e) = self.up.probe().await {
+            warn!(replica = %self.up.name, "store not reachable yet: {e}");
         }
-        match up.upload_pending().await {
+        match self.up.upload_pending().await {
             Ok(n) => {
-                backoff = Duration::from_millis(200);
+                self.backoff = Duration::from_millis(200);
                 if n > 0 {
-                    last_upload = Some(Instant::now());
+                    self.last_upload = Some(Instant::now());
                 }
                 // Everything captured when the round began is uploaded.
                 let caught_up = if finished {
-                    up.caught_up().await.unwrap_or(false)
+                    self.up.caught_up().await.unwrap_or(false)
                 } else {
-                    up.uploaded(0) >= latest
+                    self.up.uploaded(0) >= latest
                 };
                 if caught_up {
-                    *up.metrics
-                        .pending_since
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = None;
+                    *pending_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 }
+                if finished {
+                    if let Err(e) = self.up.save_progress(true).await {
+                        warn!(replica = %self.up.name, "cannot record upload progress: {e}");
+                    }
+                    return Flow::End;
+                }
+                Flow::Wait
             }
             Err(e) if e.is_fatal() => {
-                handoff.fail(e.to_string());
-                return;
+                self.handoff.fail(e.to_string());
+                Flow::End
             }
             Err(e) => {
-                up.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                warn!(replica = %up.name, "upload failed, will retry: {e}");
+                self.up.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(replica = %self.up.name, "upload failed, will retry: {e}");
                 if finished {
                     // Final round failed: what is staged stays for next start.
-                    return;
+                    return Flow::End;
                 }
+                let halt = self.handoff.stops.halt.clone();
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = halt.cancelled() => return,
+                    _ = tokio::time::sleep(self.backoff) => {}
+                    _ = halt.cancelled() => return Flow::End,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+                Flow::Again
             }
         }
-        if finished {
-            if let Err(e) = up.save_progress(true).await {
-                warn!(replica = %up.name, "cannot record upload progress: {e}");
-            }
-            return;
-        }
-        if last_retention.elapsed()
-            >= (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))
-        {
-            last_retention = Instant::now();
-            if let Err(e) = up.apply_retention(retention).await {
-                warn!(replica = %up.name, "retention: {e}");
+    }
+
+    /// Retention, a few times per retention window.
+    async fn retain(&mut self) {
+        let every = (self.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        if self.last_retention.elapsed() >= every {
+            self.last_retention = Instant::now();
+            if let Err(e) = self.up.apply_retention(self.retention).await {
+                warn!(replica = %self.up.name, "retention: {e}");
             }
         }
-        // Wait for a new file (or a stop; once draining, for the final file).
-        let draining = handoff.stops.drain.is_cancelled();
+    }
+
+    /// Waits for a new file (or a stop; once draining, for the final file).
+    /// False if the task must end.
+    async fn wait(&mut self) -> bool {
+        let stops = self.handoff.stops.clone();
+        let draining = stops.drain.is_cancelled();
         tokio::select! {
-            r = rx.changed() => { if r.is_err() { return; } }
+            r = self.rx.changed() => { if r.is_err() { return false; } }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = handoff.stops.drain.cancelled(), if !draining => {}
-            _ = halt.cancelled() => return,
+            _ = stops.drain.cancelled(), if !draining => {}
+            _ = stops.halt.cancelled() => return false,
         }
         // Capture already paces L0 files at the shortest interval; a replica
         // with a longer one batches its uploads to that.
-        if let (Some(t), Some(pace)) = (last_upload, pace) {
+        if let (Some(t), Some(pace)) = (self.last_upload, self.pace) {
             let since = t.elapsed();
-            if since < pace && !handoff.stops.drain.is_cancelled() {
+            if since < pace && !stops.drain.is_cancelled() {
                 tokio::select! {
                     _ = tokio::time::sleep(pace - since) => {}
-                    _ = handoff.stops.drain.cancelled() => {}
+                    _ = stops.drain.cancelled() => {}
                 }
             }
         }
+        true
     }
 }

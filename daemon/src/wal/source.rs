@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ltx_format::checksum::sqlite_page_size;
 use ltx_format::wal::{scan_committed, CommittedFrames, WalCursor, WalHeader, WalReader};
-use ltx_format::PageSize;
+use ltx_format::{lock_pgno, Encoder, PageSize};
 
 use super::error::{CaptureError, Result};
 
@@ -123,6 +123,23 @@ impl<'a> DbSource<'a> {
     /// The WAL header and the cursor just after its last commit, if any.
     pub fn wal_position(&self) -> Option<(WalHeader, WalCursor)> {
         self.wal.as_ref().map(|(_, h, fr)| (*h, fr.end))
+    }
+
+    /// Encodes every page (the lock page excepted) into `enc`, in order,
+    /// showing each to `each` as well.
+    pub fn encode_all<W: std::io::Write>(
+        &mut self,
+        enc: &mut Encoder<W>,
+        mut each: impl FnMut(u32, &[u8]),
+    ) -> ltx_format::Result<()> {
+        let lock = lock_pgno(self.page_size);
+        let mut buf = vec![0u8; self.page_size.as_usize()];
+        for pgno in (1..=self.commit).filter(|&p| p != lock) {
+            self.read_page(pgno, &mut buf)?;
+            enc.encode_page(pgno, &buf)?;
+            each(pgno, &buf);
+        }
+        Ok(())
     }
 }
 

@@ -283,7 +283,6 @@ impl Engine {
         let db_file = &self.db_file;
         let mut src = DbSource::open(db_file, &self.db)?;
         let ps = src.page_size;
-        let lock = lock_pgno(ps);
         let mut h = Header::new(ps, src.commit, txid, txid);
         h.timestamp_ms = now_ms();
         match pre {
@@ -298,15 +297,12 @@ impl Engine {
             h.wal_salt2 = wh.salt2;
         }
         let mut pages = vec![0u64; src.commit as usize];
-        let mut buf = vec![0u8; ps.as_usize()];
         let commit = src.commit;
         let path = self.staging.write_ltx(0, txid, txid, |w| {
             let mut enc = Encoder::new(w, h)?;
-            for pgno in (1..=commit).filter(|&p| p != lock) {
-                src.read_page(pgno, &mut buf)?;
-                enc.encode_page(pgno, &buf)?;
-                pages[pgno as usize - 1] = checksum_page(pgno, &buf);
-            }
+            src.encode_all(&mut enc, |pgno, page| {
+                pages[pgno as usize - 1] = checksum_page(pgno, page);
+            })?;
             let post = if h.no_checksum() {
                 Checksum::ZERO
             } else {
