@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use ltx_format::apply::check_name;
 use ltx_format::{
-    checksum_database, checksum_page, verify as verify_file, Applier, Checksum, Decoder,
-    Encoder, FileSummary, Header, Txid, HEADER_FLAG_NO_CHECKSUM,
+    checksum_database, checksum_page, verify as verify_file, Applier, Checksum, Decoder, Encoder,
+    FileSummary, Header, Txid, HEADER_FLAG_NO_CHECKSUM,
 };
 use serde_json::json;
 

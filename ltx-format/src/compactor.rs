@@ -55,8 +55,26 @@ pub fn compact<R: Read, W: Write>(
             cur: None,
         });
     }
+    check_inputs(&ins, &opts)?;
+    let header = output_header(&ins, &opts);
+    let mut enc = Encoder::new(out, header)?;
+    merge_pages(&mut ins, &mut enc, header.commit)?;
+    let post = if header.no_checksum() {
+        Checksum::ZERO
+    } else {
+        ins[ins.len() - 1]
+            .dec
+            .trailer()
+            .map_or(Checksum::ZERO, |t| t.post_apply_checksum)
+    };
+    let (w, trailer) = enc.finish(post)?;
+    Ok((w, header, trailer))
+}
+
+/// Same page size, TXIDs that continue each other (unless allowed not to),
+/// and database checksums on every input if the output is to carry them.
+fn check_inputs<R: Read>(ins: &[Input<R>], opts: &CompactOptions) -> Result<()> {
     let first = *ins[0].dec.header();
-    let last = *ins[ins.len() - 1].dec.header();
     let mut prev = first;
     for (i, inp) in ins.iter().enumerate().skip(1) {
         let h = inp.dec.header();
@@ -83,8 +101,7 @@ pub fn compact<R: Read, W: Write>(
         }
         prev = *h;
     }
-    let tracked = !opts.no_checksum;
-    if tracked {
+    if !opts.no_checksum {
         if let Some((i, _)) = ins
             .iter()
             .enumerate()
@@ -95,6 +112,14 @@ pub fn compact<R: Read, W: Write>(
             )));
         }
     }
+    Ok(())
+}
+
+/// The output covers the inputs' TXIDs (from 1 for a snapshot) and ends
+/// with the last input's size and time.
+fn output_header<R: Read>(ins: &[Input<R>], opts: &CompactOptions) -> Header {
+    let first = *ins[0].dec.header();
+    let last = *ins[ins.len() - 1].dec.header();
     let min = if opts.snapshot {
         crate::Txid(1)
     } else {
@@ -102,19 +127,26 @@ pub fn compact<R: Read, W: Write>(
     };
     let mut header = Header::new(first.page_size, last.commit, min, last.max_txid);
     header.timestamp_ms = last.timestamp_ms;
-    if tracked && !opts.snapshot {
+    if opts.no_checksum {
+        header.flags = HEADER_FLAG_NO_CHECKSUM;
+    } else if !opts.snapshot {
         header.pre_apply_checksum = first.pre_apply_checksum;
     }
-    if !tracked {
-        header.flags = HEADER_FLAG_NO_CHECKSUM;
-    }
-    let mut enc = Encoder::new(out, header)?;
+    header
+}
+
+/// Merges the inputs' pages in page order: the latest input holding a page
+/// wins; pages past `commit` are dropped.
+fn merge_pages<R: Read, W: Write>(
+    ins: &mut [Input<R>],
+    enc: &mut Encoder<W>,
+    commit: u32,
+) -> Result<()> {
     for inp in ins.iter_mut() {
         inp.cur = inp.dec.next_page(&mut inp.page)?;
     }
     while let Some(min) = ins.iter().filter_map(|x| x.cur).min() {
-        // The latest input holding the page wins.
-        if min <= header.commit {
+        if min <= commit {
             let winner = ins
                 .iter()
                 .rposition(|x| x.cur == Some(min))
@@ -134,14 +166,5 @@ pub fn compact<R: Read, W: Write>(
             inp.cur = next;
         }
     }
-    let post = if tracked {
-        ins[ins.len() - 1]
-            .dec
-            .trailer()
-            .map_or(Checksum::ZERO, |t| t.post_apply_checksum)
-    } else {
-        Checksum::ZERO
-    };
-    let (w, trailer) = enc.finish(post)?;
-    Ok((w, header, trailer))
+    Ok(())
 }

@@ -18,9 +18,9 @@
 
 pub mod maintain;
 pub mod metrics;
-pub mod uploader;
 #[cfg(test)]
 mod tests;
+pub mod uploader;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
