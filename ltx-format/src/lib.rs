@@ -27,6 +27,8 @@ pub mod error;
 pub mod header;
 pub mod index;
 pub mod name;
+#[cfg(feature = "test-util")]
+pub mod test_vectors;
 pub mod wal;
 
 use std::fmt;
