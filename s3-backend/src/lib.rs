@@ -7,8 +7,9 @@
 //! - [`fault::FaultStore`]: injected latency, errors and dropped connections;
 //! - [`layout`]: every object key, built in one place;
 //! - [`url::ReplicaUrl`]: Litestream-compatible replica URLs;
-//! - [`conformance`]: the suite every store passes.
+//! - `conformance`: the suite every store passes (feature `test-util`).
 
+#[cfg(feature = "test-util")]
 pub mod conformance;
 pub mod error;
 pub mod fault;
