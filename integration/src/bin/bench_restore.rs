@@ -12,7 +12,8 @@
 //!    time and peak RSS, checks that both restored databases are identical,
 //!    and prints the figures, the speed-up and the RSS ratio.
 //!
-//! Every wait is bounded in time. Usage:
+//! Every wait is bounded in time. Run it with
+//! `integration/scripts/bench-restore.sh`, or directly:
 //! `bench_restore --sluice BIN --litestream BIN [--size-mib 512]
 //!  [--transactions 300] [--rounds 2] [--work-dir DIR]`
 
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use integration::{terminate, XorShift64};
 use s3_backend::retry::{RetryPolicy, Shutdown};
 use s3_backend::ReplicaUrl;
 
@@ -220,14 +222,11 @@ fn main() -> Res<()> {
         let c = rusqlite::Connection::open(&db)?;
         c.busy_timeout(Duration::from_secs(10))?;
         let rows = a.size_mib * 1024 * 1024 / 4096;
-        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = XorShift64::new(0x2545_f491_4f6c_dd1d);
         for i in 0..a.transactions {
             let mut ids = Vec::new();
             for _ in 0..40 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ids.push((1 + x % rows).to_string());
+                ids.push((1 + rng.below(rows)).to_string());
             }
             c.execute_batch(&format!(
                 "UPDATE blobs SET v = randomblob(3000) WHERE id IN ({}); INSERT INTO blobs(v) VALUES (randomblob(3000));",
@@ -255,15 +254,7 @@ fn main() -> Res<()> {
         }
         Ok(())
     })();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait()?.is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    terminate(&mut child, Duration::from_secs(30));
     result?;
     let l = list(&rt, &url)?;
     log(&format!(
