@@ -16,7 +16,7 @@ txns=${2:-300}
 litestream=${SLUICE_LITESTREAM:-$root/.tools/litestream-venv/bin/litestream}
 [ -x "$litestream" ] || { echo "Litestream not found at $litestream: run integration/scripts/install-deps.sh" >&2; exit 1; }
 
-cargo build --release --locked -p sluice -p integration --bin bench_restore
+cargo build --release --locked -p sluice -p integration --bin sluice --bin bench_restore
 dir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")
 cleanup() { integration/scripts/garage.sh stop "$dir/garage" || true; rm -rf "$dir"; }
 trap cleanup EXIT
