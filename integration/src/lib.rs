@@ -1,41 +1,23 @@
-//! Helpers for the end-to-end tests in `tests/`: where the `sluice` binary,
-//! the Litestream peer and the shared test vectors are. Scripts that install
-//! and start real servers live in `scripts/`.
+//! Helpers for the end-to-end tests in `tests/` and the benchmark programs in
+//! `src/bin/`: where the `sluice` binary and the Litestream peer are, the
+//! daemon and Garage as tests use them, [`TestEnv`] (one replicated database
+//! and the checks against it) and the one seeded RNG. The shared test
+//! vectors are `ltx_format::test_vectors` (feature `test-util`). Scripts that
+//! install and start real servers live in `scripts/`.
 
-use std::path::PathBuf;
+pub mod env;
+pub mod rng;
+
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The database checksum after each TXID 1..=0x14 of the Litestream vector
-/// replica (from the vectors README).
-pub const VECTOR_CHECKSUMS: [&str; 20] = [
-    "9803c2bdb5bb35fc",
-    "d619d3355c133625",
-    "c4a7931480503295",
-    "d07d8c0639a0d4ec",
-    "fae4a7ff7c3f2fa2",
-    "d17de21d786b8f7a",
-    "d4b69f054bde4d82",
-    "c4761307155edea3",
-    "d5107cfe876248a5",
-    "b1d39c37bac43d57",
-    "e6a5fdfd81264fd9",
-    "cde6468369b05a9f",
-    "dba004b3ae7b8d5b",
-    "fbc8833f5cc76614",
-    "b4832159c9ed526b",
-    "dcce1424f29054c0",
-    "9824554a3c09c390",
-    "f6c22240ca2083f9",
-    "d9d15be1cd81bb12",
-    "ec7d0b4286c9da50",
-];
+pub use env::{Setup, TestEnv};
+pub use rng::XorShift64;
 
-/// `shared/ltx-vectors`, beside the project root (override with `SLUICE_VECTORS`).
-pub fn vectors_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("SLUICE_VECTORS") {
-        return PathBuf::from(p);
-    }
-    project_root().join("../shared/ltx-vectors")
+/// A path as the `&str` a command line takes (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str()
+        .unwrap_or_else(|| panic!("not UTF-8: {}", p.display()))
 }
 
 pub fn project_root() -> PathBuf {
@@ -108,16 +90,12 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `sluice replicate --config CONFIG`.
-    pub fn start(config: &std::path::Path, log: &std::path::Path) -> Daemon {
+    pub fn start(config: &Path, log: &Path) -> Daemon {
         Self::start_with_env(config, log, &[])
     }
 
     /// Starts it with extra environment variables.
-    pub fn start_with_env(
-        config: &std::path::Path,
-        log: &std::path::Path,
-        env: &[(&str, &str)],
-    ) -> Daemon {
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
         let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -141,7 +119,7 @@ impl Daemon {
     }
 
     /// Starts and waits (bounded) until the database is being captured.
-    pub fn start_ready(config: &std::path::Path, log: &std::path::Path) -> Daemon {
+    pub fn start_ready(config: &Path, log: &Path) -> Daemon {
         let before = std::fs::read_to_string(log).map_or(0, |s| s.matches("capturing").count());
         let d = Daemon::start(config, log);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -238,6 +216,20 @@ impl Drop for Daemon {
     }
 }
 
+/// SIGTERM to a child process (Litestream, say), a bounded wait for it to
+/// exit, then SIGKILL if it has not.
+pub fn terminate(child: &mut std::process::Child, timeout: std::time::Duration) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + timeout;
+    while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// The Garage that `integration/scripts/test-all.sh` starts and describes in
 /// `SLUICE_S3_*` and the AWS credential variables.
 #[derive(Debug, Clone)]
@@ -293,7 +285,7 @@ pub fn unique(name: &str) -> String {
 }
 
 /// The `.ltx` files of a directory, sorted; none if it does not exist.
-pub fn ltx_files(dir: &std::path::Path) -> Vec<PathBuf> {
+pub fn ltx_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -310,11 +302,11 @@ pub fn ltx_files(dir: &std::path::Path) -> Vec<PathBuf> {
 /// database entry (indented four spaces). The config goes in `dir`.
 pub fn litestream_replicate_to_garage(
     g: &Garage,
-    db: &std::path::Path,
+    db: &Path,
     prefix: &str,
     l1_interval: &str,
     extra_db: &str,
-    dir: &std::path::Path,
+    dir: &Path,
     stderr: std::process::Stdio,
 ) -> std::process::Child {
     let cfg = dir.join("litestream.yml");

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use integration::{garage, litestream_bin, run, sluice, stderr, stdout, unique, Garage};
+use integration::{
+    garage, litestream_bin, run, sluice, stderr, stdout, terminate, unique, Garage, Setup,
+};
 use s3_backend::conformance::{run_all, Expect};
 use s3_backend::retry::{RetryPolicy, RetryingStore, Shutdown};
 use s3_backend::s3::{S3Config, S3Store, MIN_PART_SIZE};
@@ -163,29 +165,24 @@ fn write_rows(db: &Path, from: u32, to: u32) {
 fn sluice_ls_matches_litestream_ltx_for_a_litestream_replica_on_garage() {
     let Some(g) = garage() else { return };
     let ls = litestream_bin();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    {
-        let c = rusqlite::Connection::open(&db).unwrap();
-        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-            .unwrap();
-        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
-            .unwrap();
-    }
+    let env = Setup::new()
+        .schema("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+        .build();
+    let db = &env.db;
     let prefix = unique("litestream");
     let mut child = integration::litestream_replicate_to_garage(
         &g,
-        &db,
+        db,
         &prefix,
         "2s",
         "",
-        dir.path(),
+        env.dir(),
         Stdio::null(),
     );
     let url = g.url(&prefix);
     let litestream_ltx = || run(Command::new(&ls).args(["ltx", "-level", "all", "-json", &url]));
     for round in 0..6 {
-        write_rows(&db, round * 10, round * 10 + 10);
+        write_rows(db, round * 10, round * 10 + 10);
         std::thread::sleep(Duration::from_millis(700));
     }
     // Wait (bounded) until Litestream has shipped several files and an L1
@@ -205,15 +202,7 @@ fn sluice_ls_matches_litestream_ltx_for_a_litestream_replica_on_garage() {
         std::thread::sleep(Duration::from_millis(300));
     }
     // SIGTERM for a clean stop.
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    terminate(&mut child, Duration::from_secs(20));
 
     let o = litestream_ltx();
     assert!(o.status.success(), "litestream ltx: {}", stderr(&o));

@@ -5,15 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use integration::{litestream_bin, ltx_files, run, sluice, stderr, stdout, vectors_dir};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use integration::env::ltx_checksum as checksum_of;
+use integration::{litestream_bin, ltx_files, run, s, sluice, stderr, stdout};
+use ltx_format::test_vectors::{self, dir as vectors_dir};
 
 /// (file, expected db checksum) for L0 1..14, from the vectors README.
-fn l0_expected() -> Vec<(PathBuf, &'static str)> {
-    let sums = integration::VECTOR_CHECKSUMS;
+fn l0_expected() -> Vec<(PathBuf, String)> {
+    let sums = test_vectors::L0_CHECKSUMS.map(|c| c.to_string());
     ltx_files(&vectors_dir().join("litestream/replica/ltx/0"))
         .into_iter()
         .zip(sums)
@@ -236,12 +234,6 @@ fn make_db(path: &Path, page_size: u32, wal: bool) {
          DELETE FROM t WHERE id % 3 = 0;",
     )
     .unwrap();
-}
-
-fn checksum_of(p: &Path) -> String {
-    let o = sluice(&["ltx", "checksum", s(p)]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    stdout(&o).trim().to_string()
 }
 
 #[test]

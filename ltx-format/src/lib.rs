@@ -28,6 +28,8 @@ pub mod frame;
 pub mod header;
 pub mod index;
 pub mod name;
+#[cfg(feature = "test-util")]
+pub mod test_vectors;
 pub mod wal;
 
 use std::fmt;

@@ -414,13 +414,10 @@ mod tests {
 
     #[test]
     fn checksum_matches_sqlite_loop_on_random_data() {
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        use proptest::prelude::RngExt;
+        use proptest::test_runner::{RngAlgorithm, TestRng};
+        let mut rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+        let mut next = move || rng.random::<u64>();
         let data: Vec<u8> = (0..65536 + 64).map(|_| next() as u8).collect();
         let lens = (0..=1100).chain([4096, 4096 + 8, 4096 + 24, 8192, 32768, 65536, 65536 + 56]);
         let mut checked = 0;

@@ -4,15 +4,18 @@
 //!   get, one-level listing after a key, delete, capability probe;
 //! - [`s3::S3Store`], [`local::LocalStore`], [`memory::MemoryStore`];
 //! - [`retry::RetryingStore`]: timeouts, backoff with jitter, cancellation;
-//! - [`fault::FaultStore`]: injected latency, errors and dropped connections;
+//! - `fault::FaultStore`: injected latency, errors and dropped connections
+//!   (feature `test-util`);
 //! - [`layout`]: every object key, built in one place;
 //! - [`catalogue`]: every LTX file of a replica, parsed back from a listing;
 //! - [`url::ReplicaUrl`]: Litestream-compatible replica URLs;
-//! - [`conformance`]: the suite every store passes.
+//! - `conformance`: the suite every store passes (feature `test-util`).
 
 pub mod catalogue;
+#[cfg(feature = "test-util")]
 pub mod conformance;
 pub mod error;
+#[cfg(feature = "test-util")]
 pub mod fault;
 pub mod layout;
 pub mod local;

@@ -1027,7 +1027,7 @@ fn sparse_phase(ctx: &Ctx, kind: Kind) -> Result<SparseResult> {
     let mut sc = Sidecar::start(&spec, ctx)?;
     poller.wait_first(&mut sc, Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_millis(1500));
-    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut rng = integration::XorShift64::new(0x5eed_1234_abcd_0001);
     let mut offsets = Vec::with_capacity(ctx.opts.sparse_tx);
     let mut t = Duration::ZERO;
     for _ in 0..ctx.opts.sparse_tx {
@@ -1551,18 +1551,6 @@ fn snapshot_phase(ctx: &Ctx) -> Result<SnapshotResult> {
 }
 
 // ---------------------------------------------------------------- report
-
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// The 1, 5 and 15 minute load averages (other work on the machine skews
 /// every figure).

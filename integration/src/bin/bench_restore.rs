@@ -12,14 +12,17 @@
 //!    time and peak RSS, checks that both restored databases are identical,
 //!    and prints the figures, the speed-up and the RSS ratio.
 //!
-//! Every wait is bounded in time. Usage:
+//! Every wait is bounded in time. Run it with
+//! `integration/scripts/bench-restore.sh`, or directly:
 //! `bench_restore --sluice BIN --litestream BIN [--size-mib 512]
 //!  [--transactions 300] [--rounds 2] [--work-dir DIR]`
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use integration::{terminate, XorShift64};
 use s3_backend::retry::{RetryPolicy, Shutdown};
 use s3_backend::ReplicaUrl;
 
@@ -154,12 +157,13 @@ fn timed(cmd: &[&str]) -> Res<Timed> {
 
 fn main() -> Res<()> {
     let a = args()?;
-    let (endpoint, region, bucket) = (
-        env("SLUICE_S3_ENDPOINT")?,
-        env("SLUICE_S3_REGION")?,
-        env("SLUICE_S3_BUCKET")?,
-    );
-    let (key_id, secret) = (env("AWS_ACCESS_KEY_ID")?, env("AWS_SECRET_ACCESS_KEY")?);
+    let s3 = S3Env {
+        endpoint: env("SLUICE_S3_ENDPOINT")?,
+        region: env("SLUICE_S3_REGION")?,
+        bucket: env("SLUICE_S3_BUCKET")?,
+        key_id: env("AWS_ACCESS_KEY_ID")?,
+        secret: env("AWS_SECRET_ACCESS_KEY")?,
+    };
     std::fs::create_dir_all(&a.work)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -184,87 +188,11 @@ fn main() -> Res<()> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis()
     );
-    let url =
-        format!("s3://{bucket}/{prefix}?endpoint={endpoint}&region={region}&force-path-style=true");
-    let cfg = a.work.join("litestream.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "levels:\n  - interval: 5s\nsnapshot:\n  interval: 24h\n\
-             dbs:\n  - path: {}\n    monitor-interval: 100ms\n    replica:\n      type: s3\n      bucket: {bucket}\n      path: {prefix}\n      endpoint: {endpoint}\n      region: {region}\n      force-path-style: true\n      access-key-id: {key_id}\n      secret-access-key: {secret}\n      sync-interval: 200ms\n",
-            db.display()
-        ),
-    )?;
-    let t = Instant::now();
-    let mut child = Command::new(&a.litestream)
-        .args(["replicate", "-config"])
-        .arg(&cfg)
-        .env_remove("AWS_CA_BUNDLE")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(a.work.join("litestream.log"))?)
-        .spawn()?;
-    let result = (|| -> Res<()> {
-        // The initial snapshot (TXID 1).
-        let deadline = Instant::now() + Duration::from_secs(900);
-        while list(&rt, &url)?.max_l0.is_none() {
-            if Instant::now() > deadline {
-                return Err("Litestream shipped no snapshot within 15 minutes".into());
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        log(&format!(
-            "initial snapshot shipped after {:.1}s",
-            t.elapsed().as_secs_f64()
-        ));
-        // Update transactions, each shipped as its own L0 file.
-        let c = rusqlite::Connection::open(&db)?;
-        c.busy_timeout(Duration::from_secs(10))?;
-        let rows = a.size_mib * 1024 * 1024 / 4096;
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        for i in 0..a.transactions {
-            let mut ids = Vec::new();
-            for _ in 0..40 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ids.push((1 + x % rows).to_string());
-            }
-            c.execute_batch(&format!(
-                "UPDATE blobs SET v = randomblob(3000) WHERE id IN ({}); INSERT INTO blobs(v) VALUES (randomblob(3000));",
-                ids.join(",")
-            ))?;
-            std::thread::sleep(Duration::from_millis(if i % 10 == 9 { 400 } else { 150 }));
-        }
-        // Let Litestream ship the last transaction (L0 stable for 1.5 s), and
-        // stop it before the next L1 pass: the newest TXIDs stay in L0 only.
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let mut last = None;
-        let mut since = Instant::now();
-        loop {
-            if Instant::now() > deadline {
-                return Err("Litestream did not catch up within 5 minutes".into());
-            }
-            let now = list(&rt, &url)?.max_l0;
-            if now != last {
-                last = now;
-                since = Instant::now();
-            } else if since.elapsed() > Duration::from_millis(1500) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        Ok(())
-    })();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait()?.is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    result?;
+    let url = format!(
+        "s3://{}/{prefix}?endpoint={}&region={}&force-path-style=true",
+        s3.bucket, s3.endpoint, s3.region
+    );
+    replicate_with_litestream(&a, &rt, &s3, &db, &prefix, &url)?;
     let l = list(&rt, &url)?;
     log(&format!(
         "replica: {} files, {:.1} MiB; per level (level, files, MiB): {:?}",
@@ -278,63 +206,18 @@ fn main() -> Res<()> {
     if l.bytes < 512 << 20 && a.size_mib >= 512 {
         return Err(format!("replica is only {} bytes", l.bytes).into());
     }
-    // Sluice's plan, for the record: files per level.
-    let o = Command::new(&a.sluice)
-        .args(["restore", "--dry-run", "-o"])
-        .arg(a.work.join("plan.db"))
-        .arg(&url)
-        .output()?;
-    let plan = String::from_utf8_lossy(&o.stdout).into_owned();
-    let mut levels = std::collections::BTreeMap::<String, usize>::new();
-    for line in plan.lines().skip(2) {
-        if let Some(l) = line.split_whitespace().next() {
-            *levels.entry(format!("L{l}")).or_default() += 1;
-        }
-    }
-    let plan_head = plan.lines().next().unwrap_or_default().to_string();
+    let (plan_head, levels) = sluice_plan(&a, &url)?;
     log(&format!("sluice {plan_head}; files per level {levels:?}"));
-    let ls_out = a.work.join("litestream-restored.db");
-    let sl_out = a.work.join("sluice-restored.db");
-    let (mut ls_runs, mut sl_runs) = (Vec::new(), Vec::new());
-    for round in 0..a.rounds {
-        for p in [&ls_out, &sl_out] {
-            let _ = std::fs::remove_file(p);
-        }
-        let ls = timed(&[
-            a.litestream.to_str().ok_or("path")?,
-            "restore",
-            "-o",
-            ls_out.to_str().ok_or("path")?,
-            &url,
-        ])?;
-        let sl = timed(&[
-            a.sluice.to_str().ok_or("path")?,
-            "restore",
-            "-o",
-            sl_out.to_str().ok_or("path")?,
-            &url,
-        ])?;
-        log(&format!(
-            "round {}: litestream {:.2}s {} MiB RSS; sluice {:.2}s {} MiB RSS",
-            round + 1,
-            ls.wall,
-            ls.rss_kib / 1024,
-            sl.wall,
-            sl.rss_kib / 1024
-        ));
-        ls_runs.push(ls);
-        sl_runs.push(sl);
-    }
+    let runs = time_restores(&a, &url)?;
     // Both restores must agree, byte for byte.
-    let same = files_equal(&ls_out, &sl_out)?;
-    if !same {
+    if !files_equal(&runs.litestream_out, &runs.sluice_out)? {
         return Err("litestream and sluice restored different databases".into());
     }
     let best = |v: &[Timed]| v.iter().map(|t| t.wall).fold(f64::INFINITY, f64::min);
     let peak = |v: &[Timed]| v.iter().map(|t| t.rss_kib).max().unwrap_or(0);
-    let (lw, sw) = (best(&ls_runs), best(&sl_runs));
-    let (lr, sr) = (peak(&ls_runs), peak(&sl_runs));
-    let db_bytes = std::fs::metadata(&sl_out)?.len();
+    let (lw, sw) = (best(&runs.litestream), best(&runs.sluice));
+    let (lr, sr) = (peak(&runs.litestream), peak(&runs.sluice));
+    let db_bytes = std::fs::metadata(&runs.sluice_out)?.len();
     println!(
         "replica: {} files, {:.1} MiB ({}); restored database {:.1} MiB, identical from both tools",
         l.files,
@@ -361,6 +244,176 @@ fn main() -> Res<()> {
         sr as f64 / lr as f64
     );
     Ok(())
+}
+
+/// The S3 server and credentials, from `garage.sh`'s env.sh.
+struct S3Env {
+    endpoint: String,
+    region: String,
+    bucket: String,
+    key_id: String,
+    secret: String,
+}
+
+/// Runs `litestream replicate` for `db` to `prefix`: the initial snapshot,
+/// then `--transactions` update transactions; stops it once the last one is
+/// shipped (before the next L1 pass, so the newest TXIDs are in L0 only).
+fn replicate_with_litestream(
+    a: &Args,
+    rt: &tokio::runtime::Runtime,
+    s3: &S3Env,
+    db: &Path,
+    prefix: &str,
+    url: &str,
+) -> Res<()> {
+    let cfg = a.work.join("litestream.yml");
+    let S3Env {
+        endpoint,
+        region,
+        bucket,
+        key_id,
+        secret,
+    } = s3;
+    std::fs::write(
+        &cfg,
+        format!(
+            "levels:\n  - interval: 5s\nsnapshot:\n  interval: 24h\n\
+             dbs:\n  - path: {}\n    monitor-interval: 100ms\n    replica:\n      type: s3\n      bucket: {bucket}\n      path: {prefix}\n      endpoint: {endpoint}\n      region: {region}\n      force-path-style: true\n      access-key-id: {key_id}\n      secret-access-key: {secret}\n      sync-interval: 200ms\n",
+            db.display()
+        ),
+    )?;
+    let t = Instant::now();
+    let mut child = Command::new(&a.litestream)
+        .args(["replicate", "-config"])
+        .arg(&cfg)
+        .env_remove("AWS_CA_BUNDLE")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(a.work.join("litestream.log"))?)
+        .spawn()?;
+    let result = (|| -> Res<()> {
+        // The initial snapshot (TXID 1).
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while list(rt, url)?.max_l0.is_none() {
+            if Instant::now() > deadline {
+                return Err("Litestream shipped no snapshot within 15 minutes".into());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        log(&format!(
+            "initial snapshot shipped after {:.1}s",
+            t.elapsed().as_secs_f64()
+        ));
+        update_rows(db, a.size_mib, a.transactions)?;
+        wait_l0_stable(rt, url)
+    })();
+    terminate(&mut child, Duration::from_secs(30));
+    result
+}
+
+/// Update transactions, each shipped as its own L0 file: 40 random rows
+/// rewritten and one added per transaction.
+fn update_rows(db: &Path, size_mib: u64, transactions: u32) -> Res<()> {
+    let c = rusqlite::Connection::open(db)?;
+    c.busy_timeout(Duration::from_secs(10))?;
+    let rows = size_mib * 1024 * 1024 / 4096;
+    let mut rng = XorShift64::new(0x2545_f491_4f6c_dd1d);
+    for i in 0..transactions {
+        let mut ids = Vec::new();
+        for _ in 0..40 {
+            ids.push((1 + rng.below(rows)).to_string());
+        }
+        c.execute_batch(&format!(
+            "UPDATE blobs SET v = randomblob(3000) WHERE id IN ({}); INSERT INTO blobs(v) VALUES (randomblob(3000));",
+            ids.join(",")
+        ))?;
+        std::thread::sleep(Duration::from_millis(if i % 10 == 9 { 400 } else { 150 }));
+    }
+    Ok(())
+}
+
+/// Waits (bounded) until the replica's newest L0 TXID has not moved for 1.5 s.
+fn wait_l0_stable(rt: &tokio::runtime::Runtime, url: &str) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut last = None;
+    let mut since = Instant::now();
+    loop {
+        if Instant::now() > deadline {
+            return Err("Litestream did not catch up within 5 minutes".into());
+        }
+        let now = list(rt, url)?.max_l0;
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() > Duration::from_millis(1500) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Sluice's plan, for the record: its first line and files per level.
+fn sluice_plan(a: &Args, url: &str) -> Res<(String, BTreeMap<String, usize>)> {
+    let o = Command::new(&a.sluice)
+        .args(["restore", "--dry-run", "-o"])
+        .arg(a.work.join("plan.db"))
+        .arg(url)
+        .output()?;
+    let plan = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut levels = BTreeMap::<String, usize>::new();
+    for line in plan.lines().skip(2) {
+        if let Some(l) = line.split_whitespace().next() {
+            *levels.entry(format!("L{l}")).or_default() += 1;
+        }
+    }
+    let plan_head = plan.lines().next().unwrap_or_default().to_string();
+    Ok((plan_head, levels))
+}
+
+struct Runs {
+    litestream: Vec<Timed>,
+    sluice: Vec<Timed>,
+    litestream_out: PathBuf,
+    sluice_out: PathBuf,
+}
+
+/// Both restores, alternating, `--rounds` times each.
+fn time_restores(a: &Args, url: &str) -> Res<Runs> {
+    let mut runs = Runs {
+        litestream: Vec::new(),
+        sluice: Vec::new(),
+        litestream_out: a.work.join("litestream-restored.db"),
+        sluice_out: a.work.join("sluice-restored.db"),
+    };
+    for round in 0..a.rounds {
+        for p in [&runs.litestream_out, &runs.sluice_out] {
+            let _ = std::fs::remove_file(p);
+        }
+        let ls = timed(&[
+            a.litestream.to_str().ok_or("path")?,
+            "restore",
+            "-o",
+            runs.litestream_out.to_str().ok_or("path")?,
+            url,
+        ])?;
+        let sl = timed(&[
+            a.sluice.to_str().ok_or("path")?,
+            "restore",
+            "-o",
+            runs.sluice_out.to_str().ok_or("path")?,
+            url,
+        ])?;
+        log(&format!(
+            "round {}: litestream {:.2}s {} MiB RSS; sluice {:.2}s {} MiB RSS",
+            round + 1,
+            ls.wall,
+            ls.rss_kib / 1024,
+            sl.wall,
+            sl.rss_kib / 1024
+        ));
+        runs.litestream.push(ls);
+        runs.sluice.push(sl);
+    }
+    Ok(runs)
 }
 
 fn files_equal(a: &Path, b: &Path) -> Res<bool> {
