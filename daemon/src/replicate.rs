@@ -21,8 +21,37 @@ use crate::pipeline::{Pipeline, PipelineSpec, ReplicaSpec, Stops};
 use crate::staging::StagingDir;
 use crate::wal::{self, WalOptions};
 
-fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
-    let _ = sd_notify::notify(state);
+/// What the daemon tells systemd.
+#[derive(Debug, Clone, Copy)]
+enum Notice {
+    Ready,
+    Watchdog,
+    Stopping,
+}
+
+/// Sends notices to systemd from a thread of its own: a datagram to a
+/// notify socket nobody drains blocks, and the executor must never block.
+/// A notice that finds the queue full is dropped (a later one follows).
+fn notifier() -> std::sync::mpsc::SyncSender<Notice> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Notice>(4);
+    let spawned = std::thread::Builder::new()
+        .name("sluice-notify".into())
+        .spawn(move || {
+            for n in rx {
+                let _ = match n {
+                    Notice::Ready => sd_notify::notify(&[
+                        sd_notify::NotifyState::Ready,
+                        sd_notify::NotifyState::Status("replicating"),
+                    ]),
+                    Notice::Watchdog => sd_notify::notify(&[sd_notify::NotifyState::Watchdog]),
+                    Notice::Stopping => sd_notify::notify(&[sd_notify::NotifyState::Stopping]),
+                };
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the systemd notifier: {e}");
+    }
+    tx
 }
 
 pub fn run(cfg: Config) -> Result<ExitCode> {
@@ -98,16 +127,23 @@ async fn run_async(cfg: Config, external_stop: Option<watch::Receiver<bool>>) ->
         )));
     }
     drop(ready_tx);
-    tokio::spawn(notify_ready(ready_rx, tasks.len()));
+    let notices = notifier();
+    tokio::spawn(notify_ready(ready_rx, tasks.len(), notices.clone()));
     if let Some(period) = sd_notify::watchdog_enabled() {
+        let notices = notices.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(period / 2).await;
-                notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+                let _ = notices.try_send(Notice::Watchdog);
             }
         });
     }
-    tokio::spawn(stop_on_signal(stops, external_stop, shutdown_timeout));
+    tokio::spawn(stop_on_signal(
+        stops,
+        external_stop,
+        shutdown_timeout,
+        notices,
+    ));
     let mut failed = false;
     for t in tasks {
         match t.await {
@@ -155,22 +191,28 @@ fn snapshot_on_usr1() -> Arc<AtomicU64> {
 }
 
 /// `READY=1` once every database has opened.
-async fn notify_ready(mut rx: tokio::sync::mpsc::Receiver<()>, n: usize) {
+async fn notify_ready(
+    mut rx: tokio::sync::mpsc::Receiver<()>,
+    n: usize,
+    notices: std::sync::mpsc::SyncSender<Notice>,
+) {
     let mut ready = 0;
     while rx.recv().await.is_some() {
         ready += 1;
         if ready == n {
-            notify_systemd(&[
-                sd_notify::NotifyState::Ready,
-                sd_notify::NotifyState::Status("replicating"),
-            ]);
+            let _ = notices.try_send(Notice::Ready);
         }
     }
 }
 
 /// SIGTERM, SIGINT or the external stop drains every database; the
 /// shutdown timeout later halts what is still running.
-async fn stop_on_signal(stops: Stops, external: Option<watch::Receiver<bool>>, timeout: Duration) {
+async fn stop_on_signal(
+    stops: Stops,
+    external: Option<watch::Receiver<bool>>,
+    timeout: Duration,
+    notices: std::sync::mpsc::SyncSender<Notice>,
+) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -193,7 +235,7 @@ async fn stop_on_signal(stops: Stops, external: Option<watch::Receiver<bool>>, t
         _ = tokio::signal::ctrl_c() => info!("SIGINT: final sync, then exit"),
         _ = external => info!("stop requested: final sync, then exit"),
     }
-    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    let _ = notices.try_send(Notice::Stopping);
     stops.drain.cancel();
     tokio::time::sleep(timeout).await;
     warn!("shutdown timeout: cancelling uploads still in flight");

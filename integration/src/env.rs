@@ -229,8 +229,14 @@ impl Default for TestEnv {
 
 /// The `sluice replicate` config for one database and replica.
 pub fn config_yaml(db: &Path, url: &str, extra_db: &str, extra_replica: &str) -> String {
+    format!("dbs:\n{}", db_yaml(db, url, extra_db, extra_replica))
+}
+
+/// One entry of the config's `dbs:` list (concatenate several for a daemon
+/// with several databases).
+pub fn db_yaml(db: &Path, url: &str, extra_db: &str, extra_replica: &str) -> String {
     format!(
-        "dbs:\n  - path: {}\n    sync-interval: 100ms\n{extra_db}    replicas:\n      - url: {url}\n{extra_replica}",
+        "  - path: {}\n    sync-interval: 100ms\n{extra_db}    replicas:\n      - url: {url}\n{extra_replica}",
         db.display()
     )
 }

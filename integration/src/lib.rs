@@ -6,6 +6,7 @@
 //! install and start real servers live in `scripts/`.
 
 pub mod env;
+pub mod http;
 pub mod rng;
 
 use std::path::{Path, PathBuf};

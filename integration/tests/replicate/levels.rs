@@ -5,49 +5,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use integration::env::{checkpoint, ltx_checksum};
+use integration::http::{free_port, http_get, metric};
 use integration::{ltx_files, s, sluice, stderr, stdout, Setup};
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    // A few bounded attempts: a connection can be reset under load.
-    let mut last = String::new();
-    for _ in 0..5 {
-        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        // One write, as an HTTP client sends it; the server must also cope
-        // with a split request line (a unit test in metrics.rs covers that).
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-        if s.write_all(req.as_bytes()).is_ok() {
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            if out.starts_with("HTTP/1.1") {
-                return out;
-            }
-            last = out;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    last
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
-}
 
 #[test]
 fn levels_snapshots_retention_metrics_and_systemd_notify() {

@@ -7,6 +7,7 @@
 mod faults;
 mod garage;
 mod levels;
+mod pipeline;
 mod restart;
 mod workload;
 
