@@ -13,7 +13,8 @@ pub fn http_get(addr: &str, path: &str) -> String {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("socket timeout");
         // One write, as an HTTP client sends it; the server must also cope
         // with a split request line (a unit test in metrics.rs covers that).
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -33,9 +34,8 @@ pub fn http_get(addr: &str, path: &str) -> String {
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
         .port()
 }
 

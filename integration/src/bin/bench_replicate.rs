@@ -12,7 +12,7 @@
 //! program) and `SLUICE_LITESTREAM` (default: `.tools/litestream-venv/bin/litestream`).
 //!
 //! Options: `--quick` (a short smoke run with small sizes), `--phases
-//! sparse,steady,throughput,snapshot` (a subset), `--work-dir DIR` (default: a
+//! sparse,steady,throughput,python,snapshot` (a subset), `--work-dir DIR` (default: a
 //! temporary directory), `--logs DIR` (keep every sidecar log there),
 //! `--sluice-log-level LEVEL` (default info; `info,sluice=debug` logs every
 //! sync), `--snapshot-mib N` (default 1024), `--keep-objects`.
@@ -29,6 +29,9 @@
 //! - throughput: one-row transactions in a tight loop for a fixed time, in
 //!   the order none, Sluice, Litestream, Litestream, Sluice, none (half the
 //!   time each), so that a drift of the machine's load cancels out.
+//! - Python throughput: the same, with the app a new user writes: Python's
+//!   `sqlite3` module, `synchronous=NORMAL`, `BEGIN; INSERT` of a 200-byte
+//!   blob; `COMMIT`, as fast as it can.
 //! - restart: bytes under the replica prefix after a clean stop, a restart
 //!   and one small write, minus bytes before the restart.
 //! - snapshot stall: the longest write transaction of an app writing every
@@ -55,7 +58,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ltx_format::{Header, HEADER_SIZE};
 use rusqlite::Connection;
 use s3_backend::s3::{S3Config, S3Store};
-use s3_backend::ReplicaStore;
+use s3_backend::{Layout, LayoutKind, ReplicaStore};
 
 const PAGE_SIZE: u64 = 4096;
 const POLL_EVERY: Duration = Duration::from_millis(15);
@@ -85,7 +88,7 @@ impl Opts {
     fn parse() -> Result<Opts> {
         let mut o = Opts {
             quick: false,
-            phases: ["sparse", "steady", "throughput", "snapshot"]
+            phases: ["sparse", "steady", "throughput", "python", "snapshot"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
@@ -112,8 +115,10 @@ impl Opts {
                     let v = args.next().context("--phases needs a list")?;
                     o.phases = v.split(',').map(|s| s.trim().to_string()).collect();
                     for p in &o.phases {
-                        if !["sparse", "steady", "throughput", "snapshot"].contains(&p.as_str()) {
-                            bail!("unknown phase {p:?}: use sparse, steady, throughput, snapshot");
+                        if !["sparse", "steady", "throughput", "python", "snapshot"]
+                            .contains(&p.as_str())
+                        {
+                            bail!("unknown phase {p:?}: use sparse, steady, throughput, python, snapshot");
                         }
                     }
                 }
@@ -136,7 +141,7 @@ impl Opts {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "usage: bench_replicate [--quick] [--phases sparse,steady,throughput,snapshot] [--work-dir DIR] [--logs DIR] [--sluice-log-level LEVEL] [--snapshot-mib N] [--keep-objects]"
+                        "usage: bench_replicate [--quick] [--phases sparse,steady,throughput,python,snapshot] [--work-dir DIR] [--logs DIR] [--sluice-log-level LEVEL] [--snapshot-mib N] [--keep-objects]"
                     );
                     std::process::exit(0);
                 }
@@ -204,8 +209,9 @@ impl Garage {
     }
 }
 
+/// A level's directory under a replica prefix (keys come from `Layout`).
 fn level_dir(prefix: &str, level: u8) -> String {
-    format!("{prefix}/{level:04x}/")
+    Layout::new(LayoutKind::S3, prefix).level_dir(level)
 }
 
 /// Blocking access to the bucket from the main thread.
@@ -256,7 +262,7 @@ impl Bucket {
     fn delete_prefix(&self, prefix: &str) -> Result<usize> {
         let mut n = 0;
         let mut dirs: Vec<String> = (0..=SNAPSHOT_LEVEL).map(|l| level_dir(prefix, l)).collect();
-        dirs.push(format!("{prefix}/.sluice/"));
+        dirs.push(Layout::new(LayoutKind::S3, prefix).sluice_key(""));
         for d in dirs {
             for o in self.list(&d)? {
                 self.rt.block_on(self.store.delete(&o.key))?;
@@ -1007,10 +1013,21 @@ struct SparseResult {
 
 /// Sparse writes (exponential gaps, same seed for both), then the restart
 /// measurement on the same database.
-fn sparse_phase(ctx: &Ctx, kind: Kind) -> Result<SparseResult> {
-    let (dir, prefix) = ctx.slot(&format!("sparse-{}", kind.name()))?;
+/// A sidecar started on a new database, its level-0 directory polled, and
+/// its first object seen.
+struct Polled {
+    dir: PathBuf,
+    prefix: String,
+    db: PathBuf,
+    spec: SidecarSpec,
+    poller: Poller,
+    sc: Sidecar,
+}
+
+fn start_polled(ctx: &Ctx, kind: Kind, phase: &str, seed_rows: u32) -> Result<Polled> {
+    let (dir, prefix) = ctx.slot(&format!("{phase}-{}", kind.name()))?;
     let db = dir.join("app.db");
-    create_db(&db, ctx.opts.seed_rows)?;
+    create_db(&db, seed_rows)?;
     let spec = SidecarSpec {
         kind,
         db: db.clone(),
@@ -1027,6 +1044,25 @@ fn sparse_phase(ctx: &Ctx, kind: Kind) -> Result<SparseResult> {
     let mut sc = Sidecar::start(&spec, ctx)?;
     poller.wait_first(&mut sc, Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_millis(1500));
+    Ok(Polled {
+        dir,
+        prefix,
+        db,
+        spec,
+        poller,
+        sc,
+    })
+}
+
+fn sparse_phase(ctx: &Ctx, kind: Kind) -> Result<SparseResult> {
+    let Polled {
+        dir,
+        prefix,
+        db,
+        spec,
+        poller,
+        mut sc,
+    } = start_polled(ctx, kind, "sparse", ctx.opts.seed_rows)?;
     let mut rng = integration::XorShift64::new(0x5eed_1234_abcd_0001);
     let mut offsets = Vec::with_capacity(ctx.opts.sparse_tx);
     let mut t = Duration::ZERO;
@@ -1085,8 +1121,29 @@ fn sparse_phase(ctx: &Ctx, kind: Kind) -> Result<SparseResult> {
     let after = ctx.bucket.usage(&prefix)?;
     let stop2 = sc.stop(Duration::from_secs(30))?;
     drop(poller);
+    let r = restart_result(
+        &before,
+        &after,
+        durable,
+        format!("first stop: {stop_status}; second stop: {stop2}"),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(SparseResult {
+        lag,
+        objects,
+        restart: Some(r),
+    })
+}
+
+/// What a restart added to the bucket, per level.
+fn restart_result(
+    before: &[(u64, u64); 10],
+    after: &[(u64, u64); 10],
+    durable: bool,
+    stop_status: String,
+) -> RestartResult {
     let mut r = RestartResult {
-        stop_status: format!("first stop: {stop_status}; second stop: {stop2}"),
+        stop_status,
         ..RestartResult::default()
     };
     let mut parts = Vec::new();
@@ -1106,12 +1163,7 @@ fn sparse_phase(ctx: &Ctx, kind: Kind) -> Result<SparseResult> {
         parts.push("the write after the restart was not durable within 30 s".into());
     }
     r.detail = parts.join("; ");
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(SparseResult {
-        lag,
-        objects,
-        restart: Some(r),
-    })
+    r
 }
 
 #[derive(Debug, Default)]
@@ -1129,25 +1181,13 @@ struct SteadyResult {
 }
 
 fn steady_phase(ctx: &Ctx, kind: Kind) -> Result<SteadyResult> {
-    let (dir, prefix) = ctx.slot(&format!("steady-{}", kind.name()))?;
-    let db = dir.join("app.db");
-    create_db(&db, 0)?;
-    let spec = SidecarSpec {
-        kind,
-        db: db.clone(),
-        prefix: prefix.clone(),
-        dir: dir.clone(),
-        snapshot_interval: None,
-    };
-    let poller = Poller::start(
-        &ctx.garage,
-        vec![level_dir(&prefix, 0)],
-        POLL_EVERY,
-        Duration::from_secs(300),
-    )?;
-    let mut sc = Sidecar::start(&spec, ctx)?;
-    poller.wait_first(&mut sc, Duration::from_secs(60))?;
-    std::thread::sleep(Duration::from_millis(1500));
+    let Polled {
+        dir,
+        db,
+        poller,
+        mut sc,
+        ..
+    } = start_polled(ctx, kind, "steady", 0)?;
     let cpu_ready_s = sc.cpu_seconds()?;
     let n = ctx.opts.steady_rate as u64 * ctx.opts.steady_secs;
     let period = Duration::from_secs(1) / ctx.opts.steady_rate;
@@ -1200,7 +1240,21 @@ struct ThroughputResult {
     sidecar_cpu_s: f64,
 }
 
-fn throughput_phase(ctx: &Ctx, kind: Option<Kind>, slot: &str) -> Result<ThroughputResult> {
+/// The application of a throughput run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum App {
+    /// A Rust loop of one-row autocommit inserts (rusqlite).
+    Rust,
+    /// Python's `sqlite3` module: `BEGIN; INSERT 200-byte blob; COMMIT`.
+    Python,
+}
+
+fn throughput_phase(
+    ctx: &Ctx,
+    kind: Option<Kind>,
+    slot: &str,
+    app: App,
+) -> Result<ThroughputResult> {
     let name = kind.map_or("none", Kind::name);
     let (dir, prefix) = ctx.slot(&format!("throughput-{slot}"))?;
     let db = dir.join("app.db");
@@ -1235,14 +1289,29 @@ fn throughput_phase(ctx: &Ctx, kind: Option<Kind>, slot: &str) -> Result<Through
         Some(s) => s.cpu_seconds()?,
         None => 0.0,
     };
-    let c = open_app(&db)?;
-    let mut stmt = c.prepare("INSERT INTO t(v) VALUES (?1)")?;
     let limit = Duration::from_millis(ctx.opts.throughput_secs * 500);
+    let mut result = match app {
+        App::Rust => rust_loop(&db, limit)?,
+        App::Python => python_loop(&db, limit)?,
+    };
+    if let Some(s) = sc.take() {
+        result.sidecar_cpu_s = s.cpu_seconds()? - cpu_before;
+        let st = s.stop(Duration::from_secs(60))?;
+        if st != "exit 0" {
+            eprintln!("  {name}: stop: {st}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(result)
+}
+
+/// One-row transactions in a tight loop for `limit`.
+fn rust_loop(db: &Path, limit: Duration) -> Result<ThroughputResult> {
+    let c = open_app(db)?;
+    let mut stmt = c.prepare("INSERT INTO t(v) VALUES (?1)")?;
     let start = Instant::now();
     let mut n: u64 = 0;
-    let mut max_commit = Duration::ZERO;
-    let (mut over_10ms, mut over_50ms) = (0u64, 0u64);
-    let mut worst: Vec<(std::time::SystemTime, Duration)> = Vec::new();
+    let mut r = ThroughputResult::default();
     let mut buf = String::with_capacity(128);
     // Bounded by time, and by count as a backstop.
     while n < 100_000_000 {
@@ -1255,35 +1324,57 @@ fn throughput_phase(ctx: &Ctx, kind: Option<Kind>, slot: &str) -> Result<Through
         buf.push_str(&n.to_string());
         stmt.execute([&buf])?;
         let took = t.elapsed();
-        if took > Duration::from_millis(5) && worst.iter().filter(|w| w.1 >= took).count() < 3 {
-            worst.push((std::time::SystemTime::now() - took, took));
-            worst.sort_by_key(|w| std::cmp::Reverse(w.1));
-            worst.truncate(3);
+        if took > Duration::from_millis(5) && r.worst.iter().filter(|w| w.1 >= took).count() < 3 {
+            r.worst.push((std::time::SystemTime::now() - took, took));
+            r.worst.sort_by_key(|w| std::cmp::Reverse(w.1));
+            r.worst.truncate(3);
         }
-        max_commit = max_commit.max(took);
-        over_10ms += u64::from(took > Duration::from_millis(10));
-        over_50ms += u64::from(took > Duration::from_millis(50));
+        r.max_commit = r.max_commit.max(took);
+        r.over_10ms += u64::from(took > Duration::from_millis(10));
+        r.over_50ms += u64::from(took > Duration::from_millis(50));
         n += 1;
     }
-    let took = start.elapsed();
-    drop(stmt);
-    drop(c);
-    let mut sidecar_cpu_s = 0.0;
-    if let Some(s) = sc.take() {
-        sidecar_cpu_s = s.cpu_seconds()? - cpu_before;
-        let st = s.stop(Duration::from_secs(60))?;
-        if st != "exit 0" {
-            eprintln!("  {name}: stop: {st}");
-        }
+    r.tps = n as f64 / start.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+/// The issue's new-user app: Python's `sqlite3` module, `synchronous=NORMAL`,
+/// one transaction per 200-byte blob, as fast as it can, for `limit`.
+const PYTHON_APP: &str = r#"
+import os, sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("PRAGMA synchronous=NORMAL")
+con.execute("CREATE TABLE IF NOT EXISTS py(id INTEGER PRIMARY KEY, b BLOB)")
+blob, n = os.urandom(200), 0
+start = time.monotonic()
+end = start + float(sys.argv[2])
+while time.monotonic() < end and n < 100000000:
+    con.execute("BEGIN")
+    con.execute("INSERT INTO py(b) VALUES (?)", (blob,))
+    con.execute("COMMIT")
+    n += 1
+print(n / (time.monotonic() - start))
+"#;
+
+fn python_loop(db: &Path, limit: Duration) -> Result<ThroughputResult> {
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_APP])
+        .arg(db)
+        .arg(limit.as_secs_f64().to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running python3 (the Python app shape)")?;
+    if !out.status.success() {
+        bail!("the Python app failed: {}", out.status);
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps: f64 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("python printed {text:?}"))?;
     Ok(ThroughputResult {
-        tps: n as f64 / took.as_secs_f64(),
-        max_commit,
-        over_10ms,
-        over_50ms,
-        worst,
-        sidecar_cpu_s,
+        tps,
+        ..ThroughputResult::default()
     })
 }
 
@@ -1658,6 +1749,8 @@ struct Results {
     /// Each loop in the order run: none, Sluice, Litestream, Litestream,
     /// Sluice, none.
     throughput: Option<Vec<(Option<Kind>, ThroughputResult)>>,
+    /// The same, with the Python app.
+    python: Option<Vec<(Option<Kind>, ThroughputResult)>>,
     snapshot: Option<SnapshotResult>,
 }
 
@@ -1684,6 +1777,38 @@ fn report(ctx: &Ctx, r: &Results, total: Duration) {
         "target (sluice)",
         "met",
     ]);
+    lag_rows(&mut t, o, r);
+    if let Some(runs) = &r.throughput {
+        let title = format!(
+            "app throughput (2 x {} s loops)",
+            o.throughput_secs as f64 / 2.0
+        );
+        throughput_rows(&mut t, &title, runs);
+    }
+    if let Some(runs) = &r.python {
+        let title = format!(
+            "Python app throughput (2 x {} s)",
+            o.throughput_secs as f64 / 2.0
+        );
+        throughput_rows(&mut t, &title, runs);
+    }
+    other_rows(&mut t, r);
+    t.print();
+    println!();
+    println!("details:");
+    lag_details(r);
+    if let Some(runs) = &r.throughput {
+        throughput_details("throughput", runs);
+    }
+    if let Some(runs) = &r.python {
+        throughput_details("python", runs);
+    }
+    snapshot_details(r);
+    println!("  total run time {:.0} s", total.as_secs_f64());
+}
+
+/// Sparse and steady lag.
+fn lag_rows(t: &mut Table, o: &Opts, r: &Results) {
     if let Some((s, l)) = &r.sparse {
         let title = format!("sparse lag p50 ({} tx, ~2/s)", o.sparse_tx);
         t.row([
@@ -1725,47 +1850,49 @@ fn report(ctx: &Ctx, r: &Results, total: Duration) {
             yes_no(s.lag.p99 <= Duration::from_millis(1200) && s.lag.unmatched == 0),
         ]);
     }
-    if let Some(runs) = &r.throughput {
-        let title = format!(
-            "app throughput (2 x {} s loops)",
-            o.throughput_secs as f64 / 2.0
-        );
-        let none = mean_tps(runs, None);
-        let s = ThroughputResult {
-            tps: mean_tps(runs, Some(Kind::Sluice)),
-            ..ThroughputResult::default()
-        };
-        let l = ThroughputResult {
-            tps: mean_tps(runs, Some(Kind::Litestream)),
-            ..ThroughputResult::default()
-        };
-        let pct = if none > 0.0 {
-            s.tps / none * 100.0
-        } else {
-            0.0
-        };
-        let lpct = if none > 0.0 {
-            l.tps / none * 100.0
-        } else {
-            0.0
-        };
-        t.row([
-            &title,
-            &format!("{:.0} tx/s", s.tps),
-            &format!("{:.0} tx/s", l.tps),
-            &ratio(s.tps, l.tps),
-            ">= 95% of none",
-            "",
-        ]);
-        t.row([
-            "  no sidecar / % of it",
-            &format!("{pct:.1}%"),
-            &format!("{lpct:.1}%"),
-            "",
-            &format!("none: {none:.0} tx/s"),
-            yes_no(pct >= 95.0),
-        ]);
-    }
+}
+
+/// Mean throughput with each sidecar, and as a share of no sidecar.
+fn throughput_rows(t: &mut Table, title: &str, runs: &[(Option<Kind>, ThroughputResult)]) {
+    let none = mean_tps(runs, None);
+    let s = ThroughputResult {
+        tps: mean_tps(runs, Some(Kind::Sluice)),
+        ..ThroughputResult::default()
+    };
+    let l = ThroughputResult {
+        tps: mean_tps(runs, Some(Kind::Litestream)),
+        ..ThroughputResult::default()
+    };
+    let pct = if none > 0.0 {
+        s.tps / none * 100.0
+    } else {
+        0.0
+    };
+    let lpct = if none > 0.0 {
+        l.tps / none * 100.0
+    } else {
+        0.0
+    };
+    t.row([
+        title,
+        &format!("{:.0} tx/s", s.tps),
+        &format!("{:.0} tx/s", l.tps),
+        &ratio(s.tps, l.tps),
+        ">= 95% of none",
+        "",
+    ]);
+    t.row([
+        "  no sidecar / % of it",
+        &format!("{pct:.1}%"),
+        &format!("{lpct:.1}%"),
+        "",
+        &format!("none: {none:.0} tx/s"),
+        yes_no(pct >= 95.0),
+    ]);
+}
+
+/// Restart bytes, snapshot stall, CPU and RSS.
+fn other_rows(t: &mut Table, r: &Results) {
     if let Some((s, l)) = &r.sparse {
         if let (Some(rs), Some(rl)) = (&s.restart, &l.restart) {
             t.row([
@@ -1810,10 +1937,10 @@ fn report(ctx: &Ctx, r: &Results, total: Duration) {
             yes_no(s.rss_kib as f64 <= 0.5 * l.rss_kib as f64),
         ]);
     }
-    t.print();
+}
 
-    println!();
-    println!("details:");
+/// Per-phase lag details.
+fn lag_details(r: &Results) {
     if let Some((s, l)) = &r.sparse {
         for (k, x) in [("sluice", s), ("litestream", l)] {
             println!(
@@ -1861,22 +1988,28 @@ fn report(ctx: &Ctx, r: &Results, total: Duration) {
             println!("    {k}: CPU by thread: {}", threads.join(", "));
         }
     }
-    if let Some(runs) = &r.throughput {
-        for (kind, x) in runs {
-            let k = kind.map_or("none", Kind::name);
-            println!(
-                "  throughput {k}: {:.0} tx/s, longest commit {}, commits over 10 ms: {}, over 50 ms: {}, sidecar CPU during the loop {:.2} s",
-                x.tps,
-                ms(x.max_commit),
-                x.over_10ms,
-                x.over_50ms,
-                x.sidecar_cpu_s
-            );
-            if !x.worst.is_empty() {
-                println!("    longest commits: {}", worst(&x.worst));
-            }
+}
+
+/// Per-run throughput details.
+fn throughput_details(app: &str, runs: &[(Option<Kind>, ThroughputResult)]) {
+    for (kind, x) in runs {
+        let k = kind.map_or("none", Kind::name);
+        println!(
+            "  {app} {k}: {:.0} tx/s, longest commit {}, commits over 10 ms: {}, over 50 ms: {}, sidecar CPU during the loop {:.2} s",
+            x.tps,
+            ms(x.max_commit),
+            x.over_10ms,
+            x.over_50ms,
+            x.sidecar_cpu_s
+        );
+        if !x.worst.is_empty() {
+            println!("    longest commits: {}", worst(&x.worst));
         }
     }
+}
+
+/// The snapshot stall of each sidecar.
+fn snapshot_details(r: &Results) {
     if let Some(sn) = &r.snapshot {
         println!(
             "  snapshot: database {} bytes built in {:.1} s",
@@ -1916,7 +2049,6 @@ fn report(ctx: &Ctx, r: &Results, total: Duration) {
             println!("    longest writes {k}: {}", top.join(", "));
         }
     }
-    println!("  total run time {:.0} s", total.as_secs_f64());
 }
 
 // ---------------------------------------------------------------- main
@@ -1985,6 +2117,28 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Throughput with no sidecar, Sluice and Litestream in the order A, B, C,
+/// C, B, A: a linear drift of the machine's load cancels.
+fn throughput_runs(ctx: &Ctx, app: App) -> Result<Vec<(Option<Kind>, ThroughputResult)>> {
+    let order = [
+        None,
+        Some(Kind::Sluice),
+        Some(Kind::Litestream),
+        Some(Kind::Litestream),
+        Some(Kind::Sluice),
+        None,
+    ];
+    let mut runs = Vec::new();
+    for (i, kind) in order.into_iter().enumerate() {
+        let slot = format!("{:?}-{}-{}", app, kind.map_or("none", Kind::name), i + 1);
+        runs.push((
+            kind,
+            throughput_phase(ctx, kind, &slot.to_lowercase(), app)?,
+        ));
+    }
+    Ok(runs)
+}
+
 fn run_all(ctx: &Ctx) -> Result<Results> {
     let mut r = Results::default();
     let t0 = Instant::now();
@@ -2003,21 +2157,11 @@ fn run_all(ctx: &Ctx) -> Result<Results> {
     }
     if ctx.opts.has("throughput") {
         say("maximal insert loop");
-        // A, B, C, C, B, A: a linear drift of the machine's load cancels.
-        let order = [
-            None,
-            Some(Kind::Sluice),
-            Some(Kind::Litestream),
-            Some(Kind::Litestream),
-            Some(Kind::Sluice),
-            None,
-        ];
-        let mut runs = Vec::new();
-        for (i, kind) in order.into_iter().enumerate() {
-            let slot = format!("{}-{}", kind.map_or("none", Kind::name), i + 1);
-            runs.push((kind, throughput_phase(ctx, kind, &slot)?));
-        }
-        r.throughput = Some(runs);
+        r.throughput = Some(throughput_runs(ctx, App::Rust)?);
+    }
+    if ctx.opts.has("python") {
+        say("maximal Python app");
+        r.python = Some(throughput_runs(ctx, App::Python)?);
     }
     if ctx.opts.has("snapshot") {
         say("snapshot write stall");
