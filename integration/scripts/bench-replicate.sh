@@ -3,7 +3,7 @@
 # Litestream 0.5.17 against one fresh Garage (loopback S3), in one run; prints
 # both figures, their ratio and whether issue 4's targets are met
 # (integration/src/bin/bench_replicate.rs explains each measurement).
-#   integration/scripts/bench-replicate.sh [--quick] [--phases sparse,steady,throughput,snapshot]
+#   integration/scripts/bench-replicate.sh [--quick] [--phases sparse,steady,throughput,python,snapshot]
 #       [--snapshot-mib N] [--logs DIR] [--sluice-log-level debug]
 # Needs: garage 2.5 (integration/scripts/garage.sh install) and Litestream
 # (integration/scripts/install-deps.sh). About 10 minutes on 2 cores; uses
