@@ -115,7 +115,12 @@ pub struct Config {
     /// `error`, `warn`, `info`, `debug`, `trace`, or an `EnvFilter` directive.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// Databases `sluice replicate` watches.
+    #[serde(default)]
     pub dbs: Vec<DbConfig>,
+    /// FUSE primaries `sluice mount` serves.
+    #[serde(default)]
+    pub mounts: Vec<MountConfig>,
 }
 
 fn default_sync_interval() -> Dur {
@@ -213,6 +218,81 @@ pub struct ReplicaConfig {
     pub litestream_compatible: bool,
 }
 
+/// One FUSE primary: a data directory served at a mountpoint; every SQLite
+/// database in it is captured transaction by transaction.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MountConfig {
+    /// The real directory holding the databases.
+    pub data_dir: PathBuf,
+    /// Where applications open them.
+    pub mountpoint: PathBuf,
+    /// Replicas of every database: each URL gets the database's file name
+    /// appended to its path (`s3://b/app` → `s3://b/app/orders.db`).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaConfig>,
+    /// Per database file name: its own replicas (URLs used as given).
+    #[serde(default)]
+    pub databases: std::collections::BTreeMap<String, MountDbConfig>,
+    /// Upload cadence: under load, one upload round per interval; a
+    /// transaction after an idle period ships at once. Default 1s.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval: Dur,
+    #[serde(default = "default_levels")]
+    pub levels: Vec<Dur>,
+    #[serde(default = "default_snapshot_interval")]
+    pub snapshot_interval: Dur,
+    #[serde(default = "default_retention")]
+    pub retention: Dur,
+    /// Staging directories, one per database under it. Default
+    /// `<data-dir>.sluice/` (beside the data directory, not inside the mount).
+    #[serde(default)]
+    pub staging_dir: Option<PathBuf>,
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Dur,
+}
+
+/// One database of a mount with replicas of its own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MountDbConfig {
+    pub replicas: Vec<ReplicaConfig>,
+}
+
+impl MountConfig {
+    fn validate(&self) -> Result<()> {
+        for (what, p) in [
+            ("data-dir", &self.data_dir),
+            ("mountpoint", &self.mountpoint),
+        ] {
+            if !p.is_absolute() {
+                bail!("{what}: {} must be an absolute path", p.display());
+            }
+        }
+        if self.replicas.is_empty() && self.databases.is_empty() {
+            bail!(
+                "replicas: none configured (for every database, or per database under databases)"
+            );
+        }
+        if self.sync_interval.0 < Duration::from_millis(10) {
+            bail!("sync-interval: must be at least 10ms");
+        }
+        if self.levels.len() > 8 {
+            bail!("levels: at most 8 compaction levels (level 9 holds snapshots)");
+        }
+        for (j, r) in self.replicas.iter().enumerate() {
+            r.resolve().with_context(|| format!("replicas[{j}]"))?;
+        }
+        for (name, d) in &self.databases {
+            for (j, r) in d.replicas.iter().enumerate() {
+                r.resolve()
+                    .with_context(|| format!("databases.{name}.replicas[{j}]"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Replaces `${VAR}`; `$${` stays a literal `${`.
 pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String> {
     let mut out = String::with_capacity(text.len());
@@ -285,8 +365,11 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.dbs.is_empty() {
-            bail!("dbs: no databases configured");
+        if self.dbs.is_empty() && self.mounts.is_empty() {
+            bail!("dbs: no databases configured (and no mounts)");
+        }
+        for (i, m) in self.mounts.iter().enumerate() {
+            m.validate().with_context(|| format!("mounts[{i}]"))?;
         }
         for (i, db) in self.dbs.iter().enumerate() {
             if !db.path.is_absolute() {

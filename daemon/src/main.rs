@@ -7,6 +7,7 @@ mod cmd_restore;
 mod config;
 mod demo;
 mod failpoint;
+mod mount;
 mod pipeline;
 mod replicate;
 mod staging;

@@ -256,7 +256,9 @@ async fn run_db(
         checkpoint_pages: db.checkpoint_pages,
         interval: spec.capture_interval(),
     };
-    let pipeline = match Pipeline::open(spec, m.clone(), stops).await {
+    let fresh = !spec.staging.has_history()?;
+    let (handoff, rx) = Pipeline::handoff(&spec.staging, m.clone(), stops);
+    let pipeline = match Pipeline::open(spec, handoff.clone(), rx, fresh).await {
         Ok(Some(p)) => p,
         Ok(None) => return Ok(()),
         Err(e) => {
@@ -265,7 +267,7 @@ async fn run_db(
         }
     };
     let mut pipeline = pipeline;
-    let capture = wal::spawn(opts, pipeline.handoff())?;
+    let capture = wal::spawn(opts, handoff)?;
     if pipeline.wait_opened().await {
         let _ = ready.send(()).await;
     }

@@ -6,6 +6,8 @@
 //! <staging>/pending.ltx                   captured frames not yet in an L0 file
 //! <staging>/replica-<i>.json              upload progress of replica i (a hint)
 //! <staging>/tmp/                          re-encodings being uploaded
+//! <staging>/deferred/<txid>-<txid>.ltx    L0 files not yet fsynced (FUSE capture
+//!                                         of transactions SQLite did not sync)
 //! ```
 //!
 //! Invariants: an LTX file appears under its final name only once it is
@@ -263,6 +265,77 @@ impl StagingDir {
         write_file(&self.root, PENDING_FILE, true, encode)
     }
 
+    fn deferred_dir(&self) -> PathBuf {
+        self.root.join("deferred")
+    }
+
+    /// Writes the L0 file of `txid` without an fsync, outside `ltx/`:
+    /// nothing uploads or compacts it until [`StagingDir::promote_deferred`]
+    /// has made it durable.
+    pub fn write_deferred<F>(&self, txid: Txid, encode: F) -> Result<PathBuf, StagingError>
+    where
+        F: FnOnce(&mut BufWriter<SyncEvery<'_>>) -> ltx_format::Result<()>,
+    {
+        write_file_as(
+            &self.deferred_dir(),
+            &format_filename(txid, txid),
+            WriteMode::Unsynced,
+            encode,
+        )
+    }
+
+    /// Deferred L0 files, by TXID (a crash may leave some behind).
+    pub fn list_deferred(&self) -> Result<Vec<LocalFile>, StagingError> {
+        let dir = self.deferred_dir();
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StagingError::io("list", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.map_err(|e| StagingError::io("list", &dir, e))?;
+            if let Some((min, max)) = e.file_name().to_str().and_then(parse_filename) {
+                out.push(LocalFile {
+                    level: 0,
+                    min,
+                    max,
+                    path: e.path(),
+                });
+            }
+        }
+        out.sort_by_key(|f| f.max);
+        Ok(out)
+    }
+
+    /// Makes the deferred files of `txids` durable (one `syncfs` of the
+    /// staging filesystem) and moves them into `ltx/0` (one fsync of that
+    /// directory). Returns their new paths.
+    pub fn promote_deferred(&self, txids: &[Txid]) -> Result<Vec<PathBuf>, StagingError> {
+        let dir = self.deferred_dir();
+        let d = File::open(&dir).map_err(|e| StagingError::io("open", &dir, e))?;
+        failpoint::fsync(&dir)
+            .and_then(|()| nix::unistd::syncfs(&d).map_err(io::Error::from))
+            .map_err(|source| StagingError::Fsync {
+                path: dir.clone(),
+                source,
+            })?;
+        let l0 = self.level_dir(0);
+        std::fs::create_dir_all(&l0).map_err(|e| StagingError::io("create", &l0, e))?;
+        let mut out = Vec::with_capacity(txids.len());
+        for &t in txids {
+            let name = format_filename(t, t);
+            let (from, to) = (dir.join(&name), l0.join(&name));
+            if to.exists() {
+                return Err(StagingError::Exists { path: to });
+            }
+            std::fs::rename(&from, &to).map_err(|e| StagingError::io("rename", &from, e))?;
+            out.push(to);
+        }
+        fsync_dir(&l0)?;
+        Ok(out)
+    }
+
     /// Moves the pending tail into place as the L0 file of `txid`.
     pub fn promote_pending(&self, txid: Txid) -> Result<PathBuf, StagingError> {
         let dir = self.level_dir(0);
@@ -292,13 +365,41 @@ impl StagingDir {
 
 const PENDING_FILE: &str = "pending.ltx";
 
+/// How a file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteMode {
+    /// Durable, never replacing a file.
+    Create,
+    /// Durable, replacing a file (local state that is never uploaded).
+    Replace,
+    /// Renamed into place without an fsync (see `write_deferred`).
+    Unsynced,
+}
+
 fn write_file<F>(dir: &Path, name: &str, replace: bool, encode: F) -> Result<PathBuf, StagingError>
+where
+    F: FnOnce(&mut BufWriter<SyncEvery<'_>>) -> ltx_format::Result<()>,
+{
+    let mode = if replace {
+        WriteMode::Replace
+    } else {
+        WriteMode::Create
+    };
+    write_file_as(dir, name, mode, encode)
+}
+
+fn write_file_as<F>(
+    dir: &Path,
+    name: &str,
+    mode: WriteMode,
+    encode: F,
+) -> Result<PathBuf, StagingError>
 where
     F: FnOnce(&mut BufWriter<SyncEvery<'_>>) -> ltx_format::Result<()>,
 {
     std::fs::create_dir_all(dir).map_err(|e| StagingError::io("cannot create", dir, e))?;
     let path = dir.join(name);
-    if !replace && path.exists() {
+    if mode == WriteMode::Create && path.exists() {
         return Err(StagingError::Exists { path });
     }
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -313,6 +414,9 @@ where
         encode(&mut w).map_err(|e| encode_error(&tmp, e))?;
         w.into_inner()
             .map_err(|e| encode_error(&tmp, e.into_error().into()))?;
+        if mode == WriteMode::Unsynced {
+            return Ok(());
+        }
         fsync(&f, &tmp)
     })();
     if let Err(e) = written {
@@ -321,7 +425,9 @@ where
         return Err(e);
     }
     std::fs::rename(&tmp, &path).map_err(|e| StagingError::io("rename", &tmp, e))?;
-    fsync_dir(dir)?;
+    if mode != WriteMode::Unsynced {
+        fsync_dir(dir)?;
+    }
     Ok(path)
 }
 

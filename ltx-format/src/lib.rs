@@ -27,6 +27,7 @@ pub mod error;
 pub mod frame;
 pub mod header;
 pub mod index;
+pub mod journal;
 pub mod name;
 #[cfg(feature = "test-util")]
 pub mod test_vectors;

@@ -390,6 +390,29 @@ pub fn scan_committed<R: Read>(wal: &mut WalReader<R>) -> Result<Option<Committe
     Ok(Some(out))
 }
 
+/// Reads frames from the reader's cursor up to and including the next commit
+/// frame: one transaction. Returns `None` (the reader consumed, the cursor
+/// to be ignored) if the valid WAL ends before a commit frame.
+pub fn next_transaction<R: Read>(wal: &mut WalReader<R>) -> Result<Option<CommittedFrames>> {
+    let mut page = vec![0u8; wal.header().page_size.as_usize()];
+    let mut out = CommittedFrames::default();
+    loop {
+        let data_offset = wal.cursor().offset + WAL_FRAME_HEADER_SIZE as u64;
+        let Some(fh) = wal.next_frame(&mut page)? else {
+            return Ok(None);
+        };
+        out.pages.insert(fh.pgno, data_offset);
+        if fh.commit != 0 {
+            out.commit = fh.commit;
+            out.transactions = 1;
+            out.end = wal.cursor();
+            let commit = out.commit;
+            out.pages.retain(|&p, _| p <= commit);
+            return Ok(Some(out));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,6 +514,25 @@ mod tests {
             assert_eq!(c.pages[&2], 32 + 2 * 536 + 24);
             assert_eq!(c.end.offset, 32 + 4 * 536);
         }
+    }
+
+    #[test]
+    fn transactions_one_at_a_time() {
+        let wal = build_wal(
+            false,
+            &[(1, 0, 1), (2, 2, 2), (2, 0, 3), (3, 3, 4), (1, 0, 5)],
+        );
+        let mut r = WalReader::new(&wal[..]).unwrap();
+        let a = next_transaction(&mut r).unwrap().unwrap();
+        assert_eq!((a.commit, a.transactions), (2, 1));
+        assert_eq!(a.pages.keys().copied().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(a.end.offset, 32 + 2 * 536);
+        let b = next_transaction(&mut r).unwrap().unwrap();
+        assert_eq!(b.commit, 3);
+        assert_eq!(b.pages.keys().copied().collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(b.pages[&2], 32 + 2 * 536 + 24);
+        // The last frame has no commit: no third transaction.
+        assert!(next_transaction(&mut r).unwrap().is_none());
     }
 
     #[test]

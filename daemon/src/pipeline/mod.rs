@@ -192,17 +192,36 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Opens every replica store. A replica that already holds files is
-    /// refused when the staging directory holds no history of its own: it
-    /// belongs to another writer (or this machine lost its staging files).
-    /// Returns `None` if a stop came first.
-    pub async fn open(
-        spec: PipelineSpec,
+    /// The handoff of a capture source, ready before the stores are open: a
+    /// source may stage files at once; [`Pipeline::open`] uploads them.
+    pub fn handoff(
+        staging: &StagingDir,
         metrics: Arc<DbMetrics>,
         stops: Stops,
+    ) -> (Handoff, watch::Receiver<Captured>) {
+        let (tx, rx) = watch::channel(Captured::Opening);
+        let handoff = Handoff {
+            staging: staging.clone(),
+            tx: Arc::new(tx),
+            metrics,
+            stops,
+        };
+        (handoff, rx)
+    }
+
+    /// Opens every replica store. `fresh`: the staging directory held no
+    /// history when capture began; then a replica that already holds files
+    /// is refused: it belongs to another writer (or this machine lost its
+    /// staging files). Returns `None` if a stop came first.
+    pub async fn open(
+        spec: PipelineSpec,
+        handoff: Handoff,
+        rx: watch::Receiver<Captured>,
+        fresh: bool,
     ) -> Result<Option<Pipeline>> {
         spec.staging.create()?;
         tracing::debug!(staging = %spec.staging.root().display(), "opening the pipeline");
+        let (metrics, stops) = (&handoff.metrics, &handoff.stops);
         let mut uploaders = Vec::new();
         for (i, r) in spec.replicas.iter().enumerate() {
             let store = r
@@ -220,9 +239,9 @@ impl Pipeline {
                 .push(rm.clone());
             uploaders.push(Uploader::new(r, store, &spec.staging, i, rm));
         }
-        if !spec.staging.has_history()? {
+        if fresh {
             for up in &uploaders {
-                let Some(has) = replica_has_files(up, &stops).await else {
+                let Some(has) = replica_has_files(up, stops).await else {
                     return Ok(None);
                 };
                 if has {
@@ -234,23 +253,12 @@ impl Pipeline {
                 }
             }
         }
-        let (tx, rx) = watch::channel(Captured::Opening);
-        let handoff = Handoff {
-            staging: spec.staging.clone(),
-            tx: Arc::new(tx),
-            metrics,
-            stops,
-        };
         Ok(Some(Pipeline {
             spec,
             uploaders,
             handoff,
             rx,
         }))
-    }
-
-    pub fn handoff(&self) -> Handoff {
-        self.handoff.clone()
     }
 
     /// Waits until the capture source has opened the database (true), or

@@ -99,12 +99,13 @@ async fn a_second_capture_source_replicates_through_the_same_pipeline() {
     let spec = spec(dir.path());
     let url = spec.replicas[0].url.clone();
     let metrics = Arc::new(DbMetrics::default());
-    let p = Pipeline::open(spec, metrics, Stops::default())
+    let (handoff, rx) = Pipeline::handoff(&spec.staging, metrics, Stops::default());
+    let p = Pipeline::open(spec, handoff.clone(), rx, true)
         .await
         .unwrap()
         .expect("not stopped");
     let mut source = SnapshotSource {
-        handoff: p.handoff(),
+        handoff,
         txid: Txid(0),
         last: Checksum::ZERO,
     };

@@ -135,7 +135,7 @@ pub fn check_database(db: &Path) -> Result<()> {
 }
 
 /// The database checksum of a page-checksum table (XOR, bit 63 forced).
-pub(super) fn table_sum(table: &[u64]) -> Checksum {
+pub(crate) fn table_sum(table: &[u64]) -> Checksum {
     let mut s = DbChecksum::new();
     for &c in table {
         s.toggle(c);

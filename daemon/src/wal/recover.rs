@@ -211,7 +211,7 @@ fn recover_pending(staging: &StagingDir, saved_txid: u64) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn read_wal_header(wp: &Path) -> Result<Option<WalHeader>> {
+pub(crate) fn read_wal_header(wp: &Path) -> Result<Option<WalHeader>> {
     let f = match File::open(wp) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -69,18 +69,33 @@ pub struct DbSource<'a> {
 impl<'a> DbSource<'a> {
     /// `main` is the open database file at `path`.
     pub fn open(main: &'a File, path: &Path) -> Result<Self> {
-        let mut head = [0u8; 100];
-        main.read_exact_at(&mut head, 0).map_err(|_| {
-            CaptureError::Database(format!(
-                "{}: too short to be a SQLite database",
-                path.display()
-            ))
-        })?;
-        let page_size = sqlite_page_size(&head).map_err(|e| CaptureError::read(path, e))?;
         let len = main
             .metadata()
             .map_err(|e| CaptureError::read(path, e))?
             .len();
+        let wp = wal_path(path);
+        let page_size = match len {
+            // A new WAL-mode database can be all WAL: its page size is the WAL's.
+            0 => match super::recover::read_wal_header(&wp)? {
+                Some(h) => h.page_size,
+                None => {
+                    return Err(CaptureError::Database(format!(
+                        "{}: empty, not yet a SQLite database",
+                        path.display()
+                    )))
+                }
+            },
+            _ => {
+                let mut head = [0u8; 100];
+                main.read_exact_at(&mut head, 0).map_err(|_| {
+                    CaptureError::Database(format!(
+                        "{}: too short to be a SQLite database",
+                        path.display()
+                    ))
+                })?;
+                sqlite_page_size(&head).map_err(|e| CaptureError::read(path, e))?
+            }
+        };
         let ps = u64::from(page_size.get());
         if len % ps != 0 {
             return Err(CaptureError::Database(format!(
@@ -90,7 +105,6 @@ impl<'a> DbSource<'a> {
         }
         let main_pages = u32::try_from(len / ps)
             .map_err(|_| CaptureError::Database(format!("{}: too many pages", path.display())))?;
-        let wp = wal_path(path);
         let wal = committed_wal(&wp, page_size)?;
         let commit = wal.as_ref().map_or(main_pages, |(_, _, fr)| fr.commit);
         Ok(DbSource {

@@ -1,0 +1,371 @@
+//! Capture of one database under the FUSE primary: one L0 file per SQLite
+//! transaction, written when the filesystem sees the commit point and
+//! before that operation completes.
+//!
+//! - WAL mode: the commit point is the release of the WAL write lock. The
+//!   WAL is read from the last captured commit, checking salts and the
+//!   checksum chain, one L0 file per commit frame.
+//! - Rollback-journal modes: the commit point is the journal's invalidation
+//!   (unlink, truncate to 0, zeroed header). The journal lists the page
+//!   numbers the transaction changed (plus every page past the original
+//!   size); their new content is already in the database file.
+//!
+//! Durability follows what the application asked of SQLite: when it synced
+//! the transaction (`synchronous=FULL` syncs the WAL at every commit; the
+//! rollback-journal modes sync the database file unless `synchronous=OFF`),
+//! the L0 file is fsynced and renamed into place before the commit point
+//! completes. Otherwise it is written without an fsync into a deferred
+//! directory, and a flusher makes a batch durable (one `syncfs`, then the
+//! renames and one directory fsync) before handing it to the pipeline, so
+//! nothing that is not durable is ever uploaded.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use ltx_format::journal::read_journal;
+use ltx_format::wal::{next_transaction, WalCursor, WalHeader, WalReader};
+use ltx_format::{checksum_page, lock_pgno, Checksum, Encoder, Header, PageSize, Txid};
+use tracing::{debug, warn};
+
+use crate::pipeline::{Handoff, StagedL0};
+use crate::staging::StagingDir;
+use crate::state::write_json;
+use crate::wal::engine::table_sum;
+use crate::wal::error::{CaptureError, Result};
+use crate::wal::position::Position;
+use crate::wal::recover::read_wal_header;
+use crate::wal::source::{now_ms, wal_path};
+
+/// Where a transaction's pages are read from.
+enum Pages<'a> {
+    /// WAL frames: page number → offset of its data in the WAL file.
+    Wal(&'a File, &'a std::collections::BTreeMap<u32, u64>),
+    /// The database file (rollback-journal modes): these page numbers.
+    Db(&'a BTreeSet<u32>),
+}
+
+/// The capture state of one database.
+pub struct DbCapture {
+    db: PathBuf,
+    db_file: File,
+    staging: StagingDir,
+    handoff: Handoff,
+    page_size: PageSize,
+    /// Page checksums at `txid` (0 for the lock page and unwritten pages).
+    pages: Vec<u64>,
+    commit: u32,
+    txid: Txid,
+    last_post: Checksum,
+    /// The WAL generation and the cursor after the last captured commit.
+    wal: Option<(WalHeader, WalCursor)>,
+    /// L0 files written without an fsync, not yet handed over.
+    deferred: Vec<StagedL0>,
+}
+
+impl std::fmt::Debug for DbCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbCapture")
+            .field("db", &self.db)
+            .field("txid", &self.txid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The database size in pages from its header (bytes 28..32), when the
+/// header's "version valid for" (92..96) equals its change counter
+/// (24..28); otherwise from the file size.
+fn db_pages(f: &File, page_size: PageSize) -> std::io::Result<u32> {
+    let mut h = [0u8; 100];
+    let len = f.metadata()?.len();
+    if len < 100 {
+        return Ok(0);
+    }
+    f.read_exact_at(&mut h, 0)?;
+    let be = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    if be(92) == be(24) && be(28) > 0 {
+        Ok(be(28))
+    } else {
+        Ok((len / u64::from(page_size.get())) as u32)
+    }
+}
+
+impl DbCapture {
+    /// A capture continuing from a known state (see `mount::recover`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: &Path,
+        db_file: File,
+        staging: StagingDir,
+        handoff: Handoff,
+        page_size: PageSize,
+        pages: Vec<u64>,
+        txid: Txid,
+        last_post: Checksum,
+        wal: Option<(WalHeader, WalCursor)>,
+    ) -> Self {
+        DbCapture {
+            db: db.to_path_buf(),
+            db_file,
+            staging,
+            handoff,
+            page_size,
+            commit: pages.len() as u32,
+            pages,
+            txid,
+            last_post,
+            wal,
+            deferred: Vec::new(),
+        }
+    }
+
+    pub fn txid(&self) -> Txid {
+        self.txid
+    }
+
+    pub fn checksum(&self) -> Checksum {
+        self.last_post
+    }
+
+    /// The WAL offset after the last captured commit.
+    pub fn wal_end(&self) -> Option<u64> {
+        self.wal.map(|(_, c)| c.offset)
+    }
+
+    /// The WAL write lock was released: capture every commit since the last
+    /// one, one L0 file each. Returns how many.
+    pub fn wal_committed(&mut self, durable: bool) -> Result<usize> {
+        let wp = wal_path(&self.db);
+        let Some(header) = read_wal_header(&wp)? else {
+            return Ok(0);
+        };
+        let start = match &self.wal {
+            Some((h, c)) if (h.salt1, h.salt2) == (header.salt1, header.salt2) => *c,
+            // A new generation: SQLite restarts the WAL only once every frame
+            // is copied into the database, and every commit before it was
+            // captured at its own commit point.
+            _ => WalCursor {
+                offset: 32,
+                checksum: header.checksum,
+            },
+        };
+        let f = File::open(&wp).map_err(|e| CaptureError::read(&wp, e))?;
+        let mut rf = &f;
+        std::io::Seek::seek(&mut rf, std::io::SeekFrom::Start(start.offset))
+            .map_err(|e| CaptureError::read(&wp, e))?;
+        let mut reader = WalReader::resume(std::io::BufReader::new(rf), header, start);
+        let mut n = 0;
+        while let Some(tx) =
+            next_transaction(&mut reader).map_err(|e| CaptureError::read(&wp, e))?
+        {
+            if header.page_size != self.page_size {
+                return Err(CaptureError::Database(format!(
+                    "{}: the WAL's page size {} differs from the database's {}",
+                    wp.display(),
+                    header.page_size,
+                    self.page_size
+                )));
+            }
+            self.stage(
+                tx.commit,
+                &Pages::Wal(&f, &tx.pages),
+                durable,
+                Some((header, tx.end)),
+            )?;
+            n += 1;
+        }
+        if n == 0 {
+            self.wal = Some((header, start));
+        }
+        Ok(n)
+    }
+
+    /// The rollback journal at `journal` is about to be invalidated: the
+    /// transaction it protected is committing (or was rolled back, which
+    /// leaves the pages as they were: no file). Returns whether a file was
+    /// written.
+    pub fn journal_committing(&mut self, journal: &Path, durable: bool) -> Result<bool> {
+        let mut jf = match File::open(journal) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(CaptureError::read(journal, e)),
+        };
+        let len = jf
+            .metadata()
+            .map_err(|e| CaptureError::read(journal, e))?
+            .len();
+        let Some(summary) =
+            read_journal(&mut jf, len).map_err(|e| CaptureError::read(journal, e))?
+        else {
+            debug!(journal = %journal.display(), "no valid journal header: no transaction");
+            return Ok(false);
+        };
+        let commit =
+            db_pages(&self.db_file, self.page_size).map_err(|e| CaptureError::read(&self.db, e))?;
+        let changed = summary.changed(commit);
+        self.stage(commit, &Pages::Db(&changed), durable, None)
+    }
+
+    /// Encodes the transaction as the next L0 file and moves the state on.
+    /// A rollback-journal "transaction" that left every page as it was (a
+    /// rollback rewrites the original pages) writes no file.
+    fn stage(
+        &mut self,
+        commit: u32,
+        pages: &Pages<'_>,
+        durable: bool,
+        wal: Option<(WalHeader, WalCursor)>,
+    ) -> Result<bool> {
+        let txid = Txid(self.txid.0 + 1);
+        let pgnos = self.page_set(commit, pages);
+        let ps = self.page_size.as_usize();
+        let mut table = self.pages.clone();
+        table.resize(commit as usize, 0);
+        let mut buf = vec![0u8; ps];
+        for &pgno in &pgnos {
+            read_page(pages, &self.db_file, pgno, &mut buf)
+                .map_err(|e| CaptureError::read(&self.db, e))?;
+            table[pgno as usize - 1] = checksum_page(pgno, &buf);
+        }
+        let post = table_sum(&table);
+        if matches!(pages, Pages::Db(_)) && post == self.last_post && commit == self.commit {
+            debug!(db = %self.db.display(), "the journal's transaction changed nothing (rolled back): no file");
+            return Ok(false);
+        }
+        let h = self.header(txid, commit, wal);
+        // A durable file must not overtake deferred ones: they become
+        // durable first.
+        if durable {
+            self.flush()?;
+        }
+        let db_file = &self.db_file;
+        let encode = |w: &mut std::io::BufWriter<crate::staging::SyncEvery<'_>>| {
+            let mut enc = Encoder::new(w, h)?;
+            let mut buf = vec![0u8; ps];
+            for &pgno in &pgnos {
+                read_page(pages, db_file, pgno, &mut buf)?;
+                enc.encode_page(pgno, &buf)?;
+            }
+            enc.finish(post)?;
+            Ok(())
+        };
+        let path = if durable {
+            self.staging.write_ltx(0, txid, txid, encode)?
+        } else {
+            self.staging.write_deferred(txid, encode)?
+        };
+        self.pages = table;
+        self.commit = commit;
+        self.txid = txid;
+        self.last_post = post;
+        if wal.is_some() {
+            self.wal = wal;
+        }
+        let staged = StagedL0 {
+            txid,
+            post_apply: post,
+            path,
+            full: false,
+        };
+        if durable {
+            self.handoff.staged(&staged);
+        } else {
+            self.deferred.push(staged);
+        }
+        self.persist();
+        Ok(true)
+    }
+
+    /// Every page the file holds: those the transaction wrote, and those new
+    /// since the last file (zeros unless written).
+    fn page_set(&self, commit: u32, pages: &Pages<'_>) -> BTreeSet<u32> {
+        let mut pgnos: BTreeSet<u32> = match pages {
+            Pages::Wal(_, m) => m.keys().copied().collect(),
+            Pages::Db(s) => (*s).clone(),
+        };
+        pgnos.extend((self.pages.len() as u32).saturating_add(1)..=commit);
+        let lock = lock_pgno(self.page_size);
+        pgnos.retain(|&p| p <= commit && p != lock);
+        pgnos
+    }
+
+    /// The L0 header for `txid`, with the WAL range it covers.
+    fn header(&self, txid: Txid, commit: u32, wal: Option<(WalHeader, WalCursor)>) -> Header {
+        let mut h = Header::new(self.page_size, commit, txid, txid);
+        h.timestamp_ms = now_ms();
+        h.pre_apply_checksum = self.last_post;
+        if let Some((wh, end)) = wal {
+            let from = self
+                .wal
+                .filter(|(w, _)| (w.salt1, w.salt2) == (wh.salt1, wh.salt2))
+                .map_or(32, |(_, c)| c.offset);
+            h.wal_offset = from as i64;
+            h.wal_size = (end.offset - from) as i64;
+            h.wal_salt1 = wh.salt1;
+            h.wal_salt2 = wh.salt2;
+        }
+        h
+    }
+
+    /// Makes the deferred files durable and hands them over.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        let txids: Vec<Txid> = self.deferred.iter().map(|s| s.txid).collect();
+        let paths = self.staging.promote_deferred(&txids)?;
+        for (mut s, p) in std::mem::take(&mut self.deferred).into_iter().zip(paths) {
+            s.path = p;
+            self.handoff.staged(&s);
+        }
+        Ok(())
+    }
+
+    /// The position hint (the staged files are the truth).
+    fn persist(&self) {
+        let (salt1, salt2, seq, offset, chk) = match &self.wal {
+            Some((h, c)) => (h.salt1, h.salt2, h.checkpoint_seq, c.offset, c.checksum),
+            None => (0, 0, 0, 0, (0, 0)),
+        };
+        let pos = Position {
+            version: 1,
+            txid: self.txid.0,
+            checksum: self.last_post.to_string(),
+            page_size: self.page_size.get(),
+            commit: self.commit,
+            wal_salt1: salt1,
+            wal_salt2: salt2,
+            wal_checkpoint_seq: seq,
+            wal_offset: offset,
+            wal_checksum1: chk.0,
+            wal_checksum2: chk.1,
+        };
+        if let Err(e) = write_json(&self.staging.position_path(), &pos) {
+            warn!(db = %self.db.display(), "cannot record the position: {e}");
+        }
+    }
+}
+
+/// Reads page `pgno` of the transaction into `buf`: from its WAL frame, or
+/// from the database file; zeros where neither holds it.
+fn read_page(pages: &Pages<'_>, db: &File, pgno: u32, buf: &mut [u8]) -> std::io::Result<()> {
+    let found = match pages {
+        Pages::Wal(f, m) => match m.get(&pgno) {
+            Some(&off) => f.read_exact_at(buf, off).map(|()| true)?,
+            None => false,
+        },
+        Pages::Db(_) => {
+            let off = u64::from(pgno - 1) * buf.len() as u64;
+            match db.read_exact_at(buf, off) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    if !found {
+        buf.fill(0);
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! Capture and recovery on real SQLite files, with the commit points called
+//! directly (the filesystem that calls them is tested end to end with real
+//! mounts in `integration/tests/mount/`).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ltx_format::{Applier, Checksum, Txid};
+use rusqlite::Connection;
+
+use super::capture::DbCapture;
+use super::recover::{journal_path, open_capture};
+use crate::pipeline::metrics::DbMetrics;
+use crate::pipeline::{Pipeline, Stops};
+use crate::staging::StagingDir;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+    staging: StagingDir,
+}
+
+fn env(mode: &str) -> (Env, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let c = Connection::open(&db).unwrap();
+    c.query_row(&format!("PRAGMA journal_mode={mode}"), [], |_| Ok(()))
+        .unwrap();
+    c.execute_batch(
+        "PRAGMA wal_autocheckpoint=0; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO t(v) VALUES ('seed');",
+    )
+    .unwrap();
+    let staging = StagingDir::new(dir.path().join("staging"));
+    (
+        Env {
+            db,
+            staging,
+            _dir: dir,
+        },
+        c,
+    )
+}
+
+fn open(e: &Env) -> DbCapture {
+    let (handoff, _rx) =
+        Pipeline::handoff(&e.staging, Arc::new(DbMetrics::default()), Stops::default());
+    open_capture(&e.db, &e.staging, handoff, true).unwrap()
+}
+
+/// The database checksum of what SQLite sees now.
+fn state(db: &Path) -> Checksum {
+    let f = File::open(db).unwrap();
+    let mut src = crate::wal::source::DbSource::open(&f, db).unwrap();
+    let mut enc_sum = ltx_format::DbChecksum::new();
+    let lock = ltx_format::lock_pgno(src.page_size);
+    let mut buf = vec![0u8; src.page_size.as_usize()];
+    for pgno in (1..=src.commit).filter(|&p| p != lock) {
+        src.read_page(pgno, &mut buf).unwrap();
+        enc_sum.toggle(ltx_format::checksum_page(pgno, &buf));
+    }
+    enc_sum.value()
+}
+
+/// Applies every staged L0 file up to `upto` and returns the result's
+/// checksum (each file's checksums are verified on the way).
+fn restored(staging: &StagingDir, upto: u64, out: &Path) -> Checksum {
+    let _ = std::fs::remove_file(out);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)
+        .unwrap();
+    let mut a = Applier::new(f, None);
+    for l in staging.list_level(0).unwrap() {
+        if l.max.0 <= upto {
+            a.apply_path(&l.path).unwrap();
+        }
+    }
+    a.finish().unwrap();
+    ltx_format::checksum_database(std::io::BufReader::new(File::open(out).unwrap()))
+        .unwrap()
+        .0
+}
+
+#[test]
+fn every_wal_commit_is_one_txid() {
+    let (e, c) = env("WAL");
+    let mut cap = open(&e);
+    assert_eq!(cap.txid(), Txid(1), "the initial snapshot");
+    let mut want = vec![state(&e.db)];
+    // Two commits before one unlock (a missed one): two files.
+    for v in ["a", "b"] {
+        c.execute("INSERT INTO t(v) VALUES (?1)", [v]).unwrap();
+        want.push(state(&e.db));
+    }
+    assert_eq!(cap.wal_committed(true).unwrap(), 2);
+    c.execute("UPDATE t SET v = v || '!'", []).unwrap();
+    want.push(state(&e.db));
+    assert_eq!(cap.wal_committed(true).unwrap(), 1);
+    assert_eq!(cap.wal_committed(true).unwrap(), 0, "nothing new");
+    assert_eq!(cap.txid(), Txid(4));
+    let out = e.staging.root().join("out.db");
+    for (i, sum) in want.iter().enumerate() {
+        assert_eq!(
+            restored(&e.staging, i as u64 + 1, &out),
+            *sum,
+            "TXID {}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn deferred_files_are_uploaded_only_once_flushed() {
+    let (e, c) = env("WAL");
+    let mut cap = open(&e);
+    c.execute("INSERT INTO t(v) VALUES ('x')", []).unwrap();
+    assert_eq!(cap.wal_committed(false).unwrap(), 1);
+    assert_eq!(
+        e.staging.list_level(0).unwrap().len(),
+        1,
+        "not in ltx/0 yet"
+    );
+    assert_eq!(e.staging.list_deferred().unwrap().len(), 1);
+    // A durable commit flushes the deferred ones first: no gap in ltx/0.
+    c.execute("INSERT INTO t(v) VALUES ('y')", []).unwrap();
+    assert_eq!(cap.wal_committed(true).unwrap(), 1);
+    let l0: Vec<u64> = e
+        .staging
+        .list_level(0)
+        .unwrap()
+        .iter()
+        .map(|f| f.max.0)
+        .collect();
+    assert_eq!(l0, [1, 2, 3]);
+    assert!(e.staging.list_deferred().unwrap().is_empty());
+}
+
+/// Runs `sql` then `end` (COMMIT or ROLLBACK) and calls `capture` with the
+/// journal as it was mid-transaction put back: together with the database as
+/// it is after the end, that is what the filesystem sees at the journal's
+/// invalidation. Then the journal is invalidated as SQLite left it (a valid
+/// journal left in place would be hot: SQLite would roll it back).
+fn at_invalidation<T>(
+    e: &Env,
+    c: &Connection,
+    sql: &str,
+    end: &str,
+    capture: impl FnOnce() -> T,
+) -> T {
+    let j = journal_path(&e.db);
+    c.execute_batch("BEGIN").unwrap();
+    c.execute_batch(sql).unwrap();
+    // SQLite journals page 1 at commit (its change counter) unless the
+    // transaction wrote it before: write it now, so that this copy of the
+    // journal is the one the commit point sees.
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    c.execute_batch(&format!("PRAGMA user_version = {}", v + 1))
+        .unwrap();
+    let mid = std::fs::read(&j).unwrap();
+    c.execute_batch(end).unwrap();
+    let after = std::fs::read(&j).unwrap();
+    std::fs::write(&j, &mid).unwrap();
+    let r = capture();
+    std::fs::write(&j, &after).unwrap();
+    r
+}
+
+#[test]
+fn a_journal_commit_is_one_txid_and_a_rollback_none() {
+    let (e, c) = env("PERSIST");
+    // With synchronous=OFF SQLite writes the journal's magic at once.
+    c.execute_batch("PRAGMA synchronous=OFF").unwrap();
+    let mut cap = open(&e);
+    let j = journal_path(&e.db);
+    let insert = "INSERT INTO t(v) SELECT hex(randomblob(900)) FROM t, t AS b, t AS c LIMIT 40";
+    for _ in 0..3 {
+        c.execute_batch(&insert.replace("LIMIT 40", "LIMIT 2"))
+            .unwrap();
+    }
+    cap = {
+        drop(cap);
+        open(&e)
+    };
+    let at = cap.txid();
+    assert!(at_invalidation(&e, &c, insert, "COMMIT", || cap
+        .journal_committing(&j, true)
+        .unwrap()));
+    let after = state(&e.db);
+    let rolled_back = at_invalidation(&e, &c, "DELETE FROM t WHERE id % 2 = 0", "ROLLBACK", || {
+        cap.journal_committing(&j, true).unwrap()
+    });
+    assert!(!rolled_back, "a rollback is no transaction");
+    assert_eq!(state(&e.db), after);
+    assert!(at_invalidation(
+        &e,
+        &c,
+        "DELETE FROM t WHERE id > 3",
+        "COMMIT",
+        || cap.journal_committing(&j, true).unwrap()
+    ));
+    let out = e.staging.root().join("out.db");
+    assert_eq!(cap.txid(), Txid(at.0 + 2));
+    assert_eq!(restored(&e.staging, at.0 + 1, &out), after);
+    assert_eq!(restored(&e.staging, at.0 + 2, &out), state(&e.db));
+}
+
+#[test]
+fn recovery_captures_commits_left_in_the_wal_and_cuts_the_uncommitted_tail() {
+    let (e, c) = env("WAL");
+    let cap = open(&e);
+    let at = cap.txid();
+    drop(cap);
+    // Commits the last mount never captured (it died inside the unlock).
+    for v in ["lost-1", "lost-2"] {
+        c.execute("INSERT INTO t(v) VALUES (?1)", [v]).unwrap();
+    }
+    let want = state(&e.db);
+    let wal = crate::wal::source::wal_path(&e.db);
+    let len = std::fs::metadata(&wal).unwrap().len();
+    // And an uncommitted frame after them.
+    let mut tail = std::fs::read(&wal).unwrap();
+    tail.truncate(len as usize);
+    tail.extend(vec![7u8; 24 + 4096]);
+    std::fs::write(&wal, &tail).unwrap();
+    let cap = open(&e);
+    assert_eq!(cap.txid(), Txid(at.0 + 2), "one file per commit");
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), len, "tail cut");
+    let out = e.staging.root().join("out.db");
+    assert_eq!(restored(&e.staging, u64::MAX, &out), want);
+}
+
+#[test]
+fn a_database_changed_behind_the_mount_gets_a_full_page_file() {
+    let (e, c) = env("DELETE");
+    let cap = open(&e);
+    drop(cap);
+    c.execute("INSERT INTO t(v) VALUES ('behind our back')", [])
+        .unwrap();
+    let cap = open(&e);
+    assert_eq!(cap.txid(), Txid(2));
+    let f2 = e.staging.ltx_path(0, Txid(2), Txid(2));
+    let s = ltx_format::verify(std::io::BufReader::new(File::open(f2).unwrap())).unwrap();
+    assert_eq!(s.trailer.post_apply_checksum, state(&e.db));
+}
