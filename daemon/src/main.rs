@@ -61,6 +61,27 @@ enum Command {
     },
     /// Restore a database from its replica (latest, a TXID, or a time), verified.
     Restore(cmd_restore::RestoreArgs),
+    /// Serve a data directory through a FUSE primary at a mountpoint: every
+    /// SQLite transaction of every database in it becomes one TXID, captured
+    /// before the commit completes (WAL and rollback-journal modes).
+    Mount {
+        /// YAML configuration with a `mounts:` section (see config.example.yml).
+        #[arg(long, short = 'c', conflicts_with_all = ["data_dir", "mountpoint", "urls"])]
+        config: Option<PathBuf>,
+        /// The real directory holding the databases.
+        #[arg(requires = "mountpoint")]
+        data_dir: Option<PathBuf>,
+        /// Where applications open them (an empty directory).
+        mountpoint: Option<PathBuf>,
+        /// Replica URLs; each database goes to `<url>/<database file name>`.
+        urls: Vec<String>,
+        /// Serve Prometheus metrics and /healthz here.
+        #[arg(long)]
+        metrics_addr: Option<String>,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
     /// Run the built-in example: a WAL-mode database replicated to a local
     /// `file://` replica, restored, and compared with the source.
     Demo {
@@ -163,6 +184,47 @@ fn replicate_cmd(
     replicate::run(cfg)
 }
 
+fn mount_cmd(
+    config_path: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    mountpoint: Option<PathBuf>,
+    urls: Vec<String>,
+    metrics_addr: Option<String>,
+    log_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut cfg = match (config_path, data_dir, mountpoint) {
+        (Some(p), _, _) => config::Config::load(&p)?,
+        (None, Some(data), Some(mnt)) => {
+            if urls.is_empty() {
+                anyhow::bail!("give at least one REPLICA_URL after DATA_DIR MOUNTPOINT");
+            }
+            let q = |p: &std::path::Path| -> anyhow::Result<String> {
+                Ok(serde_json::to_string(
+                    &std::path::absolute(p)?.display().to_string(),
+                )?)
+            };
+            let mut yaml = format!(
+                "mounts:\n  - data-dir: {}\n    mountpoint: {}\n    replicas:\n",
+                q(&data)?,
+                q(&mnt)?
+            );
+            for u in &urls {
+                yaml.push_str(&format!("      - url: {}\n", serde_json::to_string(u)?));
+            }
+            config::Config::parse(&yaml)?
+        }
+        _ => anyhow::bail!("give --config FILE, or DATA_DIR MOUNTPOINT REPLICA_URL..."),
+    };
+    if metrics_addr.is_some() {
+        cfg.metrics_addr = metrics_addr;
+    }
+    if log_json {
+        cfg.log_format = config::LogFormat::Json;
+    }
+    init_logging(cfg.log_format, cfg.log_level.as_deref());
+    mount::run(cfg)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -188,6 +250,14 @@ fn main() -> ExitCode {
             metrics_addr,
             log_json,
         } => replicate_cmd(config, db, url, metrics_addr, log_json),
+        Command::Mount {
+            config,
+            data_dir,
+            mountpoint,
+            urls,
+            metrics_addr,
+            log_json,
+        } => mount_cmd(config, data_dir, mountpoint, urls, metrics_addr, log_json),
         Command::Demo { dir, transactions } => demo::run(dir, transactions),
     };
     match result {

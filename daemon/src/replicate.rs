@@ -23,7 +23,7 @@ use crate::wal::{self, WalOptions};
 
 /// What the daemon tells systemd.
 #[derive(Debug, Clone, Copy)]
-enum Notice {
+pub(crate) enum Notice {
     Ready,
     Watchdog,
     Stopping,
@@ -32,7 +32,7 @@ enum Notice {
 /// Sends notices to systemd from a thread of its own: a datagram to a
 /// notify socket nobody drains blocks, and the executor must never block.
 /// A notice that finds the queue full is dropped (a later one follows).
-fn notifier() -> std::sync::mpsc::SyncSender<Notice> {
+pub(crate) fn notifier() -> std::sync::mpsc::SyncSender<Notice> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Notice>(4);
     let spawned = std::thread::Builder::new()
         .name("sluice-notify".into())
@@ -60,6 +60,9 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
 
 /// Runs until SIGTERM/SIGINT, or until `stop` turns true (for in-process use).
 pub fn run_until(cfg: Config, stop: Option<watch::Receiver<bool>>) -> Result<ExitCode> {
+    if cfg.dbs.is_empty() {
+        anyhow::bail!("dbs: no databases configured for `sluice replicate` (the config's mounts are served by `sluice mount`)");
+    }
     for db in &cfg.dbs {
         wal::engine::check_database(&db.path)?;
     }
@@ -173,7 +176,7 @@ async fn run_async(cfg: Config, external_stop: Option<watch::Receiver<bool>>) ->
 
 /// SIGUSR1 asks every database for a snapshot now (a counter each
 /// maintenance thread compares with the last request it served).
-fn snapshot_on_usr1() -> Arc<AtomicU64> {
+pub(crate) fn snapshot_on_usr1() -> Arc<AtomicU64> {
     let requests = Arc::new(AtomicU64::new(0));
     let req = requests.clone();
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
@@ -191,7 +194,7 @@ fn snapshot_on_usr1() -> Arc<AtomicU64> {
 }
 
 /// `READY=1` once every database has opened.
-async fn notify_ready(
+pub(crate) async fn notify_ready(
     mut rx: tokio::sync::mpsc::Receiver<()>,
     n: usize,
     notices: std::sync::mpsc::SyncSender<Notice>,
@@ -207,7 +210,7 @@ async fn notify_ready(
 
 /// SIGTERM, SIGINT or the external stop drains every database; the
 /// shutdown timeout later halts what is still running.
-async fn stop_on_signal(
+pub(crate) async fn stop_on_signal(
     stops: Stops,
     external: Option<watch::Receiver<bool>>,
     timeout: Duration,

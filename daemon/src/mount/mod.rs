@@ -2,9 +2,278 @@
 //! transaction of every database in it becomes one L0 file, staged before
 //! the commit completes and shipped through the same pipeline as
 //! `sluice replicate`.
+//!
+//! Start: every database already in the data directory is recovered (hot
+//! journals rolled back, commits left in a WAL captured, the position
+//! verified) before the filesystem is mounted; databases created later are
+//! picked up at their first commit. SIGTERM/SIGINT: unmount (lazily if files
+//! are still open), make the deferred files durable, a final upload round,
+//! exit. A mount left by a killed daemon is cleared at the next start.
 
 pub mod capture;
 pub mod recover;
 pub mod sink;
 #[cfg(test)]
 mod tests;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fuse_fs::primary::{PrimaryHooks, TxSink};
+use s3_backend::ReplicaUrl;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, MountConfig, ReplicaConfig};
+use crate::pipeline::metrics::Metrics;
+use crate::pipeline::{PipelineSpec, ReplicaSpec, Stops};
+use crate::staging::StagingDir;
+use sink::MountSink;
+
+/// `url` with `name` appended to its path (a directory of a `file://`
+/// replica, a key prefix of an S3 one).
+fn child_url(url: ReplicaUrl, name: &str) -> ReplicaUrl {
+    match url {
+        ReplicaUrl::File { root } => ReplicaUrl::File {
+            root: root.join(name),
+        },
+        ReplicaUrl::S3 { config, prefix } => ReplicaUrl::S3 {
+            config,
+            prefix: if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}/{name}")
+            },
+        },
+    }
+}
+
+fn replica_specs(m: &MountConfig, rs: &[ReplicaConfig], name: Option<&str>) -> Result<Vec<ReplicaSpec>> {
+    let mut out = Vec::new();
+    for (i, r) in rs.iter().enumerate() {
+        let url = r.resolve()?;
+        out.push(ReplicaSpec {
+            name: r.name.clone().unwrap_or_else(|| format!("replica{i}")),
+            url: match name {
+                Some(n) => child_url(url, n),
+                None => url,
+            },
+            litestream_compatible: r.litestream_compatible,
+            sync_interval: r.sync_interval.map_or(m.sync_interval.0, |d| d.0),
+        });
+    }
+    Ok(out)
+}
+
+/// The staging root of a mount: `staging-dir`, or `<data-dir>.sluice`.
+fn staging_root(m: &MountConfig) -> PathBuf {
+    m.staging_dir.clone().unwrap_or_else(|| {
+        let mut s = m.data_dir.as_os_str().to_owned();
+        s.push(".sluice");
+        PathBuf::from(s)
+    })
+}
+
+/// How the database at `db` (in the mount's data directory) is replicated.
+pub fn spec_for(m: &MountConfig, db: &Path) -> Result<PipelineSpec> {
+    let name = db
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("a database without a file name")?;
+    let replicas = match m.databases.get(name) {
+        Some(d) => replica_specs(m, &d.replicas, None)?,
+        None => replica_specs(m, &m.replicas, Some(name))?,
+    };
+    Ok(PipelineSpec {
+        staging: StagingDir::new(staging_root(m).join(name)),
+        replicas,
+        levels: m.levels.iter().map(|d| d.0).collect(),
+        snapshot_interval: m.snapshot_interval.0,
+        retention: m.retention.0,
+    })
+}
+
+/// The sink as the filesystem sees it.
+#[derive(Debug, Clone)]
+struct Sink(Arc<MountSink>);
+
+impl TxSink for Sink {
+    fn wal_committed(&self, db: &Path, durable: bool) -> Result<(), String> {
+        self.0.wal_committed(db, durable).map_err(|e| e.to_string())
+    }
+
+    fn may_write(&self, db: &Path) -> bool {
+        self.0.may_write(db)
+    }
+
+    fn journal_committing(&self, db: &Path, journal: &Path, durable: bool) -> Result<(), String> {
+        self.0
+            .journal_committing(db, journal, durable)
+            .map_err(|e| e.to_string())
+    }
+
+    fn refused(&self, db: &Path, why: &str) {
+        error!(db = %db.display(), "refused: {why}");
+    }
+}
+
+pub fn run(cfg: Config) -> Result<ExitCode> {
+    if cfg.mounts.is_empty() {
+        anyhow::bail!("mounts: none configured (`sluice mount --config` serves the config's mounts)");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(cfg))
+}
+
+/// One mounted data directory.
+struct Served {
+    sink: Arc<MountSink>,
+    mounted: fuse_fs::Mounted,
+    flusher: std::thread::JoinHandle<()>,
+}
+
+async fn run_async(cfg: Config) -> Result<ExitCode> {
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = cfg.metrics_addr.clone() {
+        tokio::spawn(crate::pipeline::metrics::serve(addr, metrics.clone()));
+    }
+    let stops = Stops::default();
+    let requests = crate::replicate::snapshot_on_usr1();
+    let notices = crate::replicate::notifier();
+    let timeout = cfg
+        .mounts
+        .iter()
+        .map(|m| m.shutdown_timeout.0)
+        .max()
+        .unwrap_or(Duration::from_secs(10));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let mut served = Vec::new();
+    for m in cfg.mounts {
+        let m = Arc::new(m);
+        let spec = {
+            let m = m.clone();
+            Box::new(move |db: &Path| {
+                spec_for(&m, db).unwrap_or_else(|e| {
+                    warn!(db = %db.display(), "{e:#}");
+                    PipelineSpec {
+                        staging: StagingDir::new(staging_root(&m).join("unnamed")),
+                        replicas: Vec::new(),
+                        levels: Vec::new(),
+                        snapshot_interval: m.snapshot_interval.0,
+                        retention: m.retention.0,
+                    }
+                })
+            })
+        };
+        let sink = Arc::new(MountSink::new(
+            &m.data_dir,
+            spec,
+            stops.child(),
+            metrics.clone(),
+            tokio::runtime::Handle::current(),
+            requests.clone(),
+        ));
+        served.push(serve(&m, sink, stopping.clone()).await?);
+    }
+    let _ = notices.try_send(crate::replicate::Notice::Ready);
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        let notices = notices.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period / 2).await;
+                let _ = notices.try_send(crate::replicate::Notice::Watchdog);
+            }
+        });
+    }
+    let drain = stops.drain.clone();
+    tokio::spawn(crate::replicate::stop_on_signal(stops.clone(), None, timeout, notices));
+    drain.cancelled().await;
+    stopping.store(true, Ordering::Relaxed);
+    let mut failed = false;
+    for s in served {
+        failed |= !finish(s).await;
+    }
+    if let Err(reasons) = metrics.health() {
+        for r in reasons {
+            error!("{r}");
+        }
+        failed = true;
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Recovers the data directory's databases, mounts, and starts the flusher.
+async fn serve(m: &MountConfig, sink: Arc<MountSink>, stopping: Arc<AtomicBool>) -> Result<Served> {
+    fuse_fs::check_fuse()?;
+    let recovered = {
+        let sink = sink.clone();
+        tokio::task::spawn_blocking(move || sink.recover_all()).await??
+    };
+    info!(data_dir = %m.data_dir.display(), databases = recovered, "recovered");
+    let hooks = PrimaryHooks::new(Sink(sink.clone()));
+    let slot = hooks.fs_slot();
+    let (mounted, fs) = fuse_fs::mount_passthrough(
+        &m.data_dir,
+        &m.mountpoint,
+        fuse_fs::PassthroughOptions::default(),
+        &fuse_fs::MountConfig::default(),
+        hooks,
+    )?;
+    let _ = slot.set(fs);
+    info!(data_dir = %m.data_dir.display(), mountpoint = %mounted.mountpoint().display(), "mounted");
+    let flusher = {
+        let sink = sink.clone();
+        std::thread::Builder::new()
+            .name("sluice-flush".into())
+            .spawn(move || {
+                // Deferred files (transactions SQLite did not sync) become
+                // durable and ship within this.
+                while !stopping.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    sink.flush_all();
+                }
+            })?
+    };
+    Ok(Served {
+        sink,
+        mounted,
+        flusher,
+    })
+}
+
+/// Unmounts (lazily if busy), makes everything durable, drains uploads.
+/// False if something failed.
+async fn finish(mut s: Served) -> bool {
+    let mut ok = true;
+    if let Err(e) = s.mounted.unmount() {
+        warn!("{e}; unmounting lazily (the mount goes once its files are closed)");
+        if let Err(e) = fuse_fs::unmount_path(s.mounted.mountpoint(), true) {
+            error!("{e}");
+            ok = false;
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || s.flusher.join()).await;
+    let sink = s.sink.clone();
+    let tasks = tokio::task::spawn_blocking(move || sink.finish())
+        .await
+        .unwrap_or_default();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(r)) => {
+                error!("{r}");
+                ok = false;
+            }
+            Err(e) => {
+                error!("pipeline task: {e}");
+                ok = false;
+            }
+        }
+    }
+    ok
+}

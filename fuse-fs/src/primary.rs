@@ -1,0 +1,383 @@
+//! The primary filesystem's SQLite knowledge: which file operation is a
+//! commit point, and when a mode that gives none must be refused. It reports
+//! through [`TxSink`], which the daemon implements; it knows nothing of LTX
+//! files or shipping.
+//!
+//! Commit points (the sink must have captured the transaction when it
+//! returns; the operation completes only after that):
+//! - WAL mode: the release of the WAL write lock (`-shm` byte 120) by its
+//!   holder — an `F_UNLCK`, or the close that ends a writer that died while
+//!   holding it.
+//! - Rollback-journal modes: the journal's invalidation — unlink (DELETE),
+//!   truncate to 0 (TRUNCATE), or 28 zero bytes written at offset 0
+//!   (PERSIST, and DELETE in exclusive locking mode).
+//!
+//! Durability: a transaction is reported `durable` when the application
+//! synced it (an fsync of the WAL while the writer held the write lock:
+//! `synchronous=FULL`; of the database or journal during a rollback-journal
+//! transaction: anything but `synchronous=OFF`).
+//!
+//! Refused, because they give no commit signal:
+//! - `journal_mode=MEMORY` and `OFF`: an exclusive lock on a rollback-mode
+//!   database with no `-journal` file beside it;
+//! - `locking_mode=EXCLUSIVE` in WAL mode: an exclusive lock on a WAL-mode
+//!   database by an owner that holds no lock on its `-shm` (the WAL-index
+//!   then lives in the writer's heap).
+//! Both fail the lock with EPERM (SQLite: "access permission denied") and
+//! the daemon logs why. Exclusive locking mode with a rollback journal still
+//! invalidates the journal at every commit, so it is captured.
+//!
+//! Database files are routed (every write reaches [`Hooks::before_write`]):
+//! a write that is not whole pages is refused with EINVAL.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::hooks::{
+    Errno, Hooks, LockAttempt, LockGranted, LocksReleased, OpenMode, ReleaseCause, TruncateEvent,
+    WriteEvent,
+};
+use crate::locks::LockKind;
+use crate::passthrough::FsHandle;
+
+/// The WAL write lock: byte 120 of the `-shm` file.
+pub const WAL_WRITE_LOCK: u64 = 120;
+
+/// The length of SQLite's SHARED byte range on the database file: an
+/// exclusive lock on it is SQLite's EXCLUSIVE (where it starts depends on
+/// the pending byte, which tests move).
+pub const SHARED_SIZE: u64 = 510;
+
+/// What the primary filesystem reports to the daemon. Called on FUSE worker
+/// threads: it must not wait on the network.
+pub trait TxSink: Send + Sync + 'static {
+    /// The WAL write lock of `db` was released by its holder: every
+    /// transaction committed since the last call is captured when this
+    /// returns `Ok`.
+    fn wal_committed(&self, db: &Path, durable: bool) -> Result<(), String>;
+
+    /// Whether a writer may take the WAL write lock of `db` now (`false`
+    /// while commits are left uncaptured: the writer could restart the WAL
+    /// over them; SQLite then retries).
+    fn may_write(&self, db: &Path) -> bool;
+
+    /// The rollback journal of `db` is about to be invalidated: capture its
+    /// transaction (a journal without a valid header is none).
+    fn journal_committing(&self, db: &Path, journal: &Path, durable: bool) -> Result<(), String>;
+
+    /// An operation on `db` was refused because its mode gives no commit
+    /// signal; `why` says which and how to fix it.
+    fn refused(&self, db: &Path, why: &str);
+}
+
+/// What a file of the data directory is to SQLite (a file without a side-file
+/// suffix may be, or become, a database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Database,
+    Journal(PathBuf),
+    Wal(PathBuf),
+    Shm(PathBuf),
+}
+
+/// Classifies `path` by name; `db` is the database a side file belongs to.
+pub fn role(path: &Path) -> Role {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Role::Database;
+    };
+    for (suffix, make) in [
+        ("-journal", Role::Journal as fn(PathBuf) -> Role),
+        ("-wal", Role::Wal),
+        ("-shm", Role::Shm),
+    ] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            if !base.is_empty() {
+                return make(path.with_file_name(OsString::from(base)));
+            }
+        }
+    }
+    Role::Database
+}
+
+/// Per-database state the hooks keep.
+#[derive(Debug, Default)]
+struct DbState {
+    /// The owner holding the WAL write lock.
+    wal_writer: Option<u64>,
+    /// The WAL was fsynced while the current writer held the write lock.
+    wal_synced: bool,
+    /// The database or journal was fsynced since the last journal commit.
+    journal_synced: bool,
+}
+
+/// The primary's hooks over a [`TxSink`].
+pub struct PrimaryHooks<S: TxSink> {
+    sink: S,
+    dbs: Mutex<HashMap<PathBuf, DbState>>,
+    fs: Arc<OnceLock<FsHandle>>,
+}
+
+impl<S: TxSink> std::fmt::Debug for PrimaryHooks<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrimaryHooks").finish_non_exhaustive()
+    }
+}
+
+/// Whether a database file is in WAL mode (header bytes 18 and 19 are 2).
+fn wal_mode(db: &Path) -> bool {
+    let mut b = [0u8; 2];
+    std::fs::File::open(db)
+        .and_then(|f| f.read_exact_at(&mut b, 18))
+        .is_ok_and(|()| b == [2, 2])
+}
+
+/// SQLite's file header.
+const MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// Whether a write goes to a SQLite database: the file has the header, or
+/// the write puts it there.
+fn is_sqlite(path: &Path, offset: u64, data: &[u8]) -> bool {
+    if offset == 0 && data.starts_with(MAGIC) {
+        return true;
+    }
+    let mut b = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|f| f.read_exact_at(&mut b, 0))
+        .is_ok_and(|()| &b == MAGIC)
+}
+
+/// Whether a write of `len` bytes at `offset` is whole pages: one page of a
+/// valid page size at a multiple of it (a page-size change writes pages of
+/// the new size before the header says so), or pages of the header's size.
+fn whole_pages(path: &Path, offset: u64, len: u64) -> bool {
+    let one_page = len.is_power_of_two() && (512..=65536).contains(&len) && offset % len == 0;
+    one_page
+        || header_page_size(path)
+            .is_some_and(|ps| len > 0 && offset % ps == 0 && len % ps == 0)
+}
+
+/// The page size in a database header, if it has one.
+fn header_page_size(db: &Path) -> Option<u64> {
+    let mut b = [0u8; 2];
+    std::fs::File::open(db)
+        .and_then(|f| f.read_exact_at(&mut b, 16))
+        .ok()?;
+    match u16::from_be_bytes(b) {
+        1 => Some(65536),
+        n if n >= 512 && n.is_power_of_two() => Some(u64::from(n)),
+        _ => None,
+    }
+}
+
+impl<S: TxSink> PrimaryHooks<S> {
+    pub fn new(sink: S) -> Self {
+        PrimaryHooks {
+            sink,
+            dbs: Mutex::new(HashMap::new()),
+            fs: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Where to put the filesystem's handle once it is mounted (the hooks
+    /// need its lock table to refuse exclusive locking mode in WAL mode;
+    /// until then they allow).
+    pub fn fs_slot(&self) -> Arc<OnceLock<FsHandle>> {
+        self.fs.clone()
+    }
+
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    fn with_db<T>(&self, db: &Path, f: impl FnOnce(&mut DbState) -> T) -> T {
+        let mut dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner());
+        f(dbs.entry(db.to_path_buf()).or_default())
+    }
+
+    /// Whether `owner` holds any lock on the `-shm` of `db`.
+    fn holds_shm(&self, db: &Path, owner: u64) -> bool {
+        let Some(fs) = self.fs.get() else {
+            return true;
+        };
+        let mut shm = db.as_os_str().to_owned();
+        shm.push("-shm");
+        let Some(ino) = fs.ino_of(Path::new(&shm)) else {
+            return false;
+        };
+        fs.with_locks(|t| t.locks(ino).iter().any(|l| l.owner == owner))
+    }
+
+    /// An exclusive lock on a database: refused when its mode gives no
+    /// commit signal.
+    fn check_exclusive(&self, db: &Path, owner: u64) -> Result<(), Errno> {
+        let why = if wal_mode(db) {
+            if self.holds_shm(db, owner) {
+                return Ok(());
+            }
+            "locking_mode=EXCLUSIVE in WAL mode keeps the WAL index in the writer's memory, so no commit can be seen; use PRAGMA locking_mode=NORMAL"
+        } else {
+            let mut j = db.as_os_str().to_owned();
+            j.push("-journal");
+            if Path::new(&j).exists() {
+                return Ok(());
+            }
+            "journal_mode=MEMORY or OFF writes no journal, so no commit can be seen; use PRAGMA journal_mode=WAL (or DELETE, TRUNCATE, PERSIST)"
+        };
+        self.sink.refused(db, why);
+        Err(Errno::EPERM)
+    }
+
+    /// A commit point of a rollback journal.
+    fn journal_commit(&self, journal: &Path, db: &Path) -> Result<(), Errno> {
+        let durable = self.with_db(db, |s| std::mem::take(&mut s.journal_synced));
+        self.sink
+            .journal_committing(db, journal, durable)
+            .map_err(|_| Errno::EIO)
+    }
+}
+
+impl<S: TxSink> Hooks for PrimaryHooks<S> {
+    fn open_mode(&self, path: &Path) -> OpenMode {
+        match role(path) {
+            // Writes must reach us: a journal's invalidation (PERSIST), and
+            // database writes, which must be whole pages (any file may become
+            // a database: a new one is empty when opened).
+            Role::Journal(_) | Role::Database => OpenMode::Routed,
+            // Read by the daemon itself at the commit point, or mapped.
+            Role::Wal(_) | Role::Shm(_) => OpenMode::Passthrough,
+        }
+    }
+
+    fn check_lock(&self, ev: &LockAttempt<'_>) -> Result<(), Errno> {
+        if ev.kind != LockKind::Write {
+            return Ok(());
+        }
+        match role(ev.path) {
+            Role::Shm(db) if ev.range.contains(WAL_WRITE_LOCK) => {
+                if self.sink.may_write(&db) {
+                    Ok(())
+                } else {
+                    Err(Errno::EAGAIN)
+                }
+            }
+            Role::Database
+                if ev.range.end() - ev.range.start() + 1 == SHARED_SIZE && is_sqlite(ev.path, 1, &[]) =>
+            {
+                self.check_exclusive(ev.path, ev.owner)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn lock_granted(&self, ev: &LockGranted<'_>) {
+        if ev.lock.kind != LockKind::Write {
+            return;
+        }
+        if let Role::Shm(db) = role(ev.path) {
+            if ev.lock.range.contains(WAL_WRITE_LOCK) {
+                self.with_db(&db, |s| {
+                    s.wal_writer = Some(ev.lock.owner);
+                    s.wal_synced = false;
+                });
+            }
+        }
+    }
+
+    fn locks_released(&self, ev: &LocksReleased<'_>) -> Result<(), Errno> {
+        let Role::Shm(db) = role(ev.path) else {
+            return Ok(());
+        };
+        let held = ev
+            .released
+            .iter()
+            .any(|l| l.kind == LockKind::Write && l.range.contains(WAL_WRITE_LOCK));
+        if !held || ev.cause == ReleaseCause::ReleaseOfd {
+            return Ok(());
+        }
+        let durable = self.with_db(&db, |s| {
+            s.wal_writer = None;
+            std::mem::take(&mut s.wal_synced)
+        });
+        // The unlock goes through even if capture failed: SQLite ignores
+        // unlock errors; the sink then refuses the next writer (`may_write`)
+        // until a capture succeeds, so no uncaptured commit is overwritten.
+        let _ = self.sink.wal_committed(&db, durable);
+        Ok(())
+    }
+
+    fn before_write(&self, ev: &WriteEvent<'_>) -> Result<(), Errno> {
+        match role(ev.path) {
+            Role::Journal(db) => {
+                let zeroed = ev.offset == 0 && ev.data.len() >= 28 && ev.data[..28].iter().all(|&b| b == 0);
+                if zeroed {
+                    return self.journal_commit(ev.path, &db);
+                }
+                Ok(())
+            }
+            Role::Database if is_sqlite(ev.path, ev.offset, ev.data) => {
+                if whole_pages(ev.path, ev.offset, ev.data.len() as u64) {
+                    return Ok(());
+                }
+                self.sink.refused(
+                    ev.path,
+                    &format!(
+                        "a write of {} bytes at offset {} is not whole pages: only SQLite may write database files under the mount",
+                        ev.data.len(),
+                        ev.offset
+                    ),
+                );
+                Err(Errno::EINVAL)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn before_truncate(&self, ev: &TruncateEvent<'_>) -> Result<(), Errno> {
+        match role(ev.path) {
+            Role::Journal(db) if ev.size == 0 => self.journal_commit(ev.path, &db),
+            _ => Ok(()),
+        }
+    }
+
+    fn before_unlink(&self, path: &Path) -> Result<(), Errno> {
+        match role(path) {
+            Role::Journal(db) => self.journal_commit(path, &db),
+            _ => Ok(()),
+        }
+    }
+
+    fn after_fsync(&self, path: &Path, _datasync: bool) -> Result<(), Errno> {
+        match role(path) {
+            Role::Wal(db) => self.with_db(&db, |s| {
+                if s.wal_writer.is_some() {
+                    s.wal_synced = true;
+                }
+            }),
+            Role::Journal(db) => self.with_db(&db, |s| s.journal_synced = true),
+            Role::Database => self.with_db(path, |s| s.journal_synced = true),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_by_name() {
+        let d = Path::new("/data/app.db");
+        assert_eq!(role(d), Role::Database);
+        assert_eq!(role(Path::new("/data/app.db-wal")), Role::Wal(d.into()));
+        assert_eq!(role(Path::new("/data/app.db-shm")), Role::Shm(d.into()));
+        assert_eq!(
+            role(Path::new("/data/app.db-journal")),
+            Role::Journal(d.into())
+        );
+        assert_eq!(role(Path::new("/data/-wal")), Role::Database);
+    }
+}
