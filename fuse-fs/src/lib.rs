@@ -1,6 +1,9 @@
-//! FUSE filesystems for Sluice: the primary passthrough that captures
-//! transactions, and the read-only replica mount.
+//! The FUSE foundation both Sluice filesystems share: the primary passthrough
+//! that captures transactions and the read-only replica mount.
 //!
-//! Not built yet: this crate holds no code until the FUSE issues are taken.
-//! It is kept in the workspace so the dependency direction
-//! (`fuse-fs ← daemon`, and no S3 or shipping knowledge here) is fixed early.
+//! - [`locks`]: the POSIX byte-range lock table and the queue of blocking
+//!   requests (pure logic, no FUSE types).
+//!
+//! This crate knows nothing of S3, LTX shipping or the daemon.
+
+pub mod locks;
