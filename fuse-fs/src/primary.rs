@@ -18,13 +18,16 @@
 //! transaction: anything but `synchronous=OFF`).
 //!
 //! Refused, because they give no commit signal:
-//! - `journal_mode=MEMORY` and `OFF`: an exclusive lock on a rollback-mode
-//!   database with no `-journal` file beside it;
+//! - `journal_mode=MEMORY` and `OFF`: a write to a rollback-mode database
+//!   with no `-journal` file beside it (in the other modes SQLite writes
+//!   pages only after the journal is synced); the write fails;
 //! - `locking_mode=EXCLUSIVE` in WAL mode: an exclusive lock on a WAL-mode
-//!   database by an owner that holds no lock on its `-shm` (the WAL-index
-//!   then lives in the writer's heap).
-//! Both fail the lock with EPERM (SQLite: "access permission denied") and
-//! the daemon logs why. Exclusive locking mode with a rollback journal still
+//!   database while no connection holds its shared WAL-index (the `-shm`
+//!   "dead man switch", byte 128): the WAL-index then lives in the writer's
+//!   heap; the lock fails.
+//!
+//! Both fail with EPERM (SQLite: "access permission denied") and the daemon
+//! logs why. Exclusive locking mode with a rollback journal still
 //! invalidates the journal at every commit, so it is captured.
 //!
 //! Database files are routed (every write reaches [`Hooks::before_write`]):
@@ -45,6 +48,9 @@ use crate::passthrough::FsHandle;
 
 /// The WAL write lock: byte 120 of the `-shm` file.
 pub const WAL_WRITE_LOCK: u64 = 120;
+
+/// The WAL-index's "dead man switch": byte 128 of the `-shm` file.
+pub const DMS_BYTE: u64 = 128;
 
 /// The length of SQLite's SHARED byte range on the database file: an
 /// exclusive lock on it is SQLite's EXCLUSIVE (where it starts depends on
@@ -153,10 +159,16 @@ fn is_sqlite(path: &Path, offset: u64, data: &[u8]) -> bool {
 /// valid page size at a multiple of it (a page-size change writes pages of
 /// the new size before the header says so), or pages of the header's size.
 fn whole_pages(path: &Path, offset: u64, len: u64) -> bool {
-    let one_page = len.is_power_of_two() && (512..=65536).contains(&len) && offset % len == 0;
+    let one_page =
+        len.is_power_of_two() && (512..=65536).contains(&len) && offset.is_multiple_of(len);
     one_page
         || header_page_size(path)
-            .is_some_and(|ps| len > 0 && offset % ps == 0 && len % ps == 0)
+            .is_some_and(|ps| len > 0 && offset.is_multiple_of(ps) && len.is_multiple_of(ps))
+}
+
+/// The length of a file (0 if it cannot be read).
+fn db_len(db: &Path) -> u64 {
+    std::fs::metadata(db).map_or(0, |m| m.len())
 }
 
 /// The page size in a database header, if it has one.
@@ -197,8 +209,10 @@ impl<S: TxSink> PrimaryHooks<S> {
         f(dbs.entry(db.to_path_buf()).or_default())
     }
 
-    /// Whether `owner` holds any lock on the `-shm` of `db`.
-    fn holds_shm(&self, db: &Path, owner: u64) -> bool {
+    /// Whether anyone holds the WAL-index's "dead man switch" (`-shm` byte
+    /// 128): every connection using the shared WAL-index does, from the
+    /// moment it maps it until it closes.
+    fn wal_index_in_use(&self, db: &Path) -> bool {
         let Some(fs) = self.fs.get() else {
             return true;
         };
@@ -207,27 +221,48 @@ impl<S: TxSink> PrimaryHooks<S> {
         let Some(ino) = fs.ino_of(Path::new(&shm)) else {
             return false;
         };
-        fs.with_locks(|t| t.locks(ino).iter().any(|l| l.owner == owner))
+        fs.with_locks(|t| t.locks(ino).iter().any(|l| l.range.contains(DMS_BYTE)))
     }
 
-    /// An exclusive lock on a database: refused when its mode gives no
-    /// commit signal.
-    fn check_exclusive(&self, db: &Path, owner: u64) -> Result<(), Errno> {
-        let why = if wal_mode(db) {
-            if self.holds_shm(db, owner) {
-                return Ok(());
-            }
-            "locking_mode=EXCLUSIVE in WAL mode keeps the WAL index in the writer's memory, so no commit can be seen; use PRAGMA locking_mode=NORMAL"
-        } else {
-            let mut j = db.as_os_str().to_owned();
-            j.push("-journal");
-            if Path::new(&j).exists() {
-                return Ok(());
-            }
-            "journal_mode=MEMORY or OFF writes no journal, so no commit can be seen; use PRAGMA journal_mode=WAL (or DELETE, TRUNCATE, PERSIST)"
-        };
-        self.sink.refused(db, why);
+    /// An exclusive lock on a WAL-mode database while nobody uses the shared
+    /// WAL-index: exclusive locking mode (its WAL-index lives in the
+    /// writer's heap), refused. A connection closing the WAL, or leaving WAL
+    /// mode, holds the WAL-index (or others do, and the lock conflicts).
+    fn check_exclusive(&self, db: &Path) -> Result<(), Errno> {
+        if !wal_mode(db) || self.wal_index_in_use(db) {
+            return Ok(());
+        }
+        self.sink.refused(
+            db,
+            "locking_mode=EXCLUSIVE in WAL mode keeps the WAL index in the writer's memory, so no commit can be seen; use PRAGMA locking_mode=NORMAL",
+        );
         Err(Errno::EPERM)
+    }
+
+    /// A write to a SQLite database: whole pages only, and in a
+    /// rollback-journal mode only with a journal beside it (SQLite writes
+    /// pages after syncing the journal; without one the mode is MEMORY or
+    /// OFF, whose commits cannot be seen).
+    fn check_db_write(&self, db: &Path, offset: u64, len: u64) -> Result<(), Errno> {
+        if !whole_pages(db, offset, len) {
+            self.sink.refused(
+                db,
+                &format!(
+                    "a write of {len} bytes at offset {offset} is not whole pages: only SQLite may write database files under the mount"
+                ),
+            );
+            return Err(Errno::EINVAL);
+        }
+        let mut j = db.as_os_str().to_owned();
+        j.push("-journal");
+        if !wal_mode(db) && !Path::new(&j).exists() && db_len(db) > 0 {
+            self.sink.refused(
+                db,
+                "journal_mode=MEMORY or OFF writes no journal, so no commit can be seen; use PRAGMA journal_mode=WAL (or DELETE, TRUNCATE, PERSIST)",
+            );
+            return Err(Errno::EPERM);
+        }
+        Ok(())
     }
 
     /// A commit point of a rollback journal.
@@ -264,9 +299,10 @@ impl<S: TxSink> Hooks for PrimaryHooks<S> {
                 }
             }
             Role::Database
-                if ev.range.end() - ev.range.start() + 1 == SHARED_SIZE && is_sqlite(ev.path, 1, &[]) =>
+                if ev.range.end() - ev.range.start() + 1 == SHARED_SIZE
+                    && is_sqlite(ev.path, 1, &[]) =>
             {
-                self.check_exclusive(ev.path, ev.owner)
+                self.check_exclusive(ev.path)
             }
             _ => Ok(()),
         }
@@ -311,25 +347,15 @@ impl<S: TxSink> Hooks for PrimaryHooks<S> {
     fn before_write(&self, ev: &WriteEvent<'_>) -> Result<(), Errno> {
         match role(ev.path) {
             Role::Journal(db) => {
-                let zeroed = ev.offset == 0 && ev.data.len() >= 28 && ev.data[..28].iter().all(|&b| b == 0);
+                let zeroed =
+                    ev.offset == 0 && ev.data.len() >= 28 && ev.data[..28].iter().all(|&b| b == 0);
                 if zeroed {
                     return self.journal_commit(ev.path, &db);
                 }
                 Ok(())
             }
             Role::Database if is_sqlite(ev.path, ev.offset, ev.data) => {
-                if whole_pages(ev.path, ev.offset, ev.data.len() as u64) {
-                    return Ok(());
-                }
-                self.sink.refused(
-                    ev.path,
-                    &format!(
-                        "a write of {} bytes at offset {} is not whole pages: only SQLite may write database files under the mount",
-                        ev.data.len(),
-                        ev.offset
-                    ),
-                );
-                Err(Errno::EINVAL)
+                self.check_db_write(ev.path, ev.offset, ev.data.len() as u64)
             }
             _ => Ok(()),
         }

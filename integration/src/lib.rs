@@ -7,6 +7,7 @@
 
 pub mod env;
 pub mod http;
+pub mod mount;
 pub mod rng;
 
 use std::path::{Path, PathBuf};
@@ -97,14 +98,23 @@ impl Daemon {
 
     /// Starts it with extra environment variables.
     pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
+        let args = [
+            std::ffi::OsStr::new("replicate"),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ];
+        Daemon::spawn(&args, log, env)
+    }
+
+    /// Runs `sluice ARGS...`, logging to `log` (appended).
+    pub fn spawn(args: &[&std::ffi::OsStr], log: &Path, env: &[(&str, &str)]) -> Daemon {
         let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("log file");
         let child = Command::new(sluice_bin())
-            .args(["replicate", "--config"])
-            .arg(config)
+            .args(args)
             .env_remove("AWS_CA_BUNDLE")
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info,sluice=debug")
@@ -112,7 +122,7 @@ impl Daemon {
             .stdout(std::process::Stdio::null())
             .stderr(f)
             .spawn()
-            .expect("spawn sluice replicate");
+            .expect("spawn sluice");
         Daemon {
             child,
             log: log.to_path_buf(),

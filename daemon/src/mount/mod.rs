@@ -51,7 +51,11 @@ fn child_url(url: ReplicaUrl, name: &str) -> ReplicaUrl {
     }
 }
 
-fn replica_specs(m: &MountConfig, rs: &[ReplicaConfig], name: Option<&str>) -> Result<Vec<ReplicaSpec>> {
+fn replica_specs(
+    m: &MountConfig,
+    rs: &[ReplicaConfig],
+    name: Option<&str>,
+) -> Result<Vec<ReplicaSpec>> {
     let mut out = Vec::new();
     for (i, r) in rs.iter().enumerate() {
         let url = r.resolve()?;
@@ -122,7 +126,9 @@ impl TxSink for Sink {
 
 pub fn run(cfg: Config) -> Result<ExitCode> {
     if cfg.mounts.is_empty() {
-        anyhow::bail!("mounts: none configured (`sluice mount --config` serves the config's mounts)");
+        anyhow::bail!(
+            "mounts: none configured (`sluice mount --config` serves the config's mounts)"
+        );
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -191,7 +197,12 @@ async fn run_async(cfg: Config) -> Result<ExitCode> {
         });
     }
     let drain = stops.drain.clone();
-    tokio::spawn(crate::replicate::stop_on_signal(stops.clone(), None, timeout, notices));
+    tokio::spawn(crate::replicate::stop_on_signal(
+        stops.clone(),
+        None,
+        timeout,
+        notices,
+    ));
     drain.cancelled().await;
     stopping.store(true, Ordering::Relaxed);
     let mut failed = false;
@@ -204,7 +215,11 @@ async fn run_async(cfg: Config) -> Result<ExitCode> {
         }
         failed = true;
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Recovers the data directory's databases, mounts, and starts the flusher.

@@ -73,9 +73,9 @@ fn promote_survivors(staging: &StagingDir) -> Result<()> {
     if deferred.is_empty() {
         return Ok(());
     }
-    let mut next = staging.newest()?.map_or(0, |f| f.max.0) + 1;
+    let first = staging.newest()?.map_or(0, |f| f.max.0) + 1;
     let mut keep = Vec::new();
-    for f in &deferred {
+    for (next, f) in (first..).zip(&deferred) {
         let ok = File::open(&f.path)
             .ok()
             .and_then(|r| ltx_format::verify(std::io::BufReader::new(r)).ok())
@@ -84,7 +84,6 @@ fn promote_survivors(staging: &StagingDir) -> Result<()> {
             break;
         }
         keep.push(f.max);
-        next += 1;
     }
     staging.promote_deferred(&keep)?;
     for f in staging.list_deferred()? {
