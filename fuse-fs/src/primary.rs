@@ -49,6 +49,9 @@ use crate::passthrough::FsHandle;
 /// The WAL write lock: byte 120 of the `-shm` file.
 pub const WAL_WRITE_LOCK: u64 = 120;
 
+/// The checkpoint lock: byte 121 of the `-shm` file.
+pub const WAL_CKPT_LOCK: u64 = 121;
+
 /// The WAL-index's "dead man switch": byte 128 of the `-shm` file.
 pub const DMS_BYTE: u64 = 128;
 
@@ -239,28 +242,71 @@ impl<S: TxSink> PrimaryHooks<S> {
         Err(Errno::EPERM)
     }
 
-    /// A write to a SQLite database: whole pages only, and in a
-    /// rollback-journal mode only with a journal beside it (SQLite writes
-    /// pages after syncing the journal; without one the mode is MEMORY or
-    /// OFF, whose commits cannot be seen).
-    fn check_db_write(&self, db: &Path, offset: u64, len: u64) -> Result<(), Errno> {
+    /// Whether `owner` writes `db` as SQLite does: holding EXCLUSIVE (a write
+    /// lock over the 510-byte SHARED range, merged or not with PENDING and
+    /// RESERVED), or, in WAL mode, checkpointing (the `-shm` CKPT lock).
+    fn holds_write_locks(&self, db: &Path, owner: u64) -> bool {
+        let Some(fs) = self.fs.get() else {
+            return true;
+        };
+        let exclusive = fs.ino_of(db).is_some_and(|ino| {
+            fs.with_locks(|t| {
+                t.locks(ino).iter().any(|l| {
+                    l.owner == owner
+                        && l.kind == LockKind::Write
+                        && l.range.end() - l.range.start() + 1 >= SHARED_SIZE
+                })
+            })
+        });
+        if exclusive || !wal_mode(db) {
+            return exclusive;
+        }
+        let mut shm = db.as_os_str().to_owned();
+        shm.push("-shm");
+        fs.ino_of(Path::new(&shm)).is_some_and(|ino| {
+            fs.with_locks(|t| {
+                t.locks(ino)
+                    .iter()
+                    .any(|l| l.owner == owner && l.range.contains(WAL_CKPT_LOCK))
+            })
+        })
+    }
+
+    /// A write to a SQLite database: whole pages, by SQLite (holding its
+    /// write locks), and in a rollback-journal mode only with a journal
+    /// beside it (SQLite writes pages after syncing the journal; without one
+    /// the mode is MEMORY or OFF, whose commits cannot be seen).
+    fn check_db_write(&self, ev: &WriteEvent<'_>) -> Result<(), Errno> {
+        let (db, offset, len) = (ev.path, ev.offset, ev.data.len() as u64);
+        let refuse = |why: String, errno: Errno| {
+            self.sink.refused(db, &why);
+            Err(errno)
+        };
         if !whole_pages(db, offset, len) {
-            self.sink.refused(
-                db,
-                &format!(
-                    "a write of {len} bytes at offset {offset} is not whole pages: only SQLite may write database files under the mount"
-                ),
+            return refuse(
+                format!("a write of {len} bytes at offset {offset} is not whole pages: only SQLite may write database files under the mount"),
+                Errno::EINVAL,
             );
-            return Err(Errno::EINVAL);
+        }
+        if db_len(db) == 0 {
+            // A new database's first page.
+            return Ok(());
+        }
+        if let Some(owner) = ev.lock_owner {
+            if !self.holds_write_locks(db, owner) {
+                return refuse(
+                    "a write by a process that does not hold SQLite's write lock: only SQLite may write database files under the mount (copy a database into the data directory before mounting)".into(),
+                    Errno::EPERM,
+                );
+            }
         }
         let mut j = db.as_os_str().to_owned();
         j.push("-journal");
-        if !wal_mode(db) && !Path::new(&j).exists() && db_len(db) > 0 {
-            self.sink.refused(
-                db,
-                "journal_mode=MEMORY or OFF writes no journal, so no commit can be seen; use PRAGMA journal_mode=WAL (or DELETE, TRUNCATE, PERSIST)",
+        if !wal_mode(db) && !Path::new(&j).exists() {
+            return refuse(
+                "journal_mode=MEMORY or OFF writes no journal, so no commit can be seen; use PRAGMA journal_mode=WAL (or DELETE, TRUNCATE, PERSIST)".into(),
+                Errno::EPERM,
             );
-            return Err(Errno::EPERM);
         }
         Ok(())
     }
@@ -354,9 +400,7 @@ impl<S: TxSink> Hooks for PrimaryHooks<S> {
                 }
                 Ok(())
             }
-            Role::Database if is_sqlite(ev.path, ev.offset, ev.data) => {
-                self.check_db_write(ev.path, ev.offset, ev.data.len() as u64)
-            }
+            Role::Database if is_sqlite(ev.path, ev.offset, ev.data) => self.check_db_write(ev),
             _ => Ok(()),
         }
     }

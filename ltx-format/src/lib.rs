@@ -19,6 +19,7 @@
 //! never hold more than a page (plus the page index) in memory.
 
 pub mod apply;
+pub mod bundle;
 pub mod checksum;
 pub mod compactor;
 pub mod decoder;

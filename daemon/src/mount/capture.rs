@@ -128,6 +128,25 @@ impl DbCapture {
         self.last_post
     }
 
+    /// Whether the database's name still leads to the file this capture
+    /// reads (not replaced by another file; a file unlinked while open is
+    /// still the one its writers use).
+    pub fn same_file(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(&self.db), self.db_file.metadata()) {
+            (Ok(now), Ok(held)) => now.dev() == held.dev() && now.ino() == held.ino(),
+            _ => true,
+        }
+    }
+
+    /// The capture of the file now at this database's path, continuing this
+    /// history (a full-page file if it does not continue it).
+    pub fn reopen(mut self) -> Result<DbCapture> {
+        self.flush()?;
+        warn!(db = %self.db.display(), "the database file was replaced; re-reading it");
+        super::recover::open_capture(&self.db, &self.staging, self.handoff.clone(), false)
+    }
+
     /// The WAL offset after the last captured commit.
     pub fn wal_end(&self) -> Option<u64> {
         self.wal.map(|(_, c)| c.offset)

@@ -137,6 +137,17 @@ impl MountSink {
     ) -> Result<T, CaptureError> {
         let d = self.db(db, false)?;
         let mut guard = d.capture.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_some_and(|c| !c.same_file()) {
+            if let Some(old) = guard.take() {
+                match old.reopen() {
+                    Ok(c) => *guard = Some(c),
+                    Err(e) => {
+                        d.handoff.fail(e.to_string());
+                        return Err(e);
+                    }
+                }
+            }
+        }
         let Some(cap) = guard.as_mut() else {
             return Err(CaptureError::Database(format!(
                 "{}: capture stopped after an earlier failure; see the log",
