@@ -85,6 +85,7 @@ pub fn pipeline_spec(db: &DbConfig) -> Result<PipelineSpec> {
             url: r.resolve()?,
             litestream_compatible: r.litestream_compatible,
             sync_interval: r.sync_interval.map_or(db.sync_interval.0, |d| d.0),
+            batch: false,
         });
     }
     Ok(PipelineSpec {

@@ -414,6 +414,7 @@ mod tests {
                     max,
                     size,
                     key: layout.ltx_key(level, min, max),
+                    in_bundle: None,
                     last_modified: None,
                 }
             })

@@ -67,6 +67,7 @@ fn replica_specs(
             },
             litestream_compatible: r.litestream_compatible,
             sync_interval: r.sync_interval.map_or(m.sync_interval.0, |d| d.0),
+            batch: !r.litestream_compatible,
         });
     }
     Ok(out)

@@ -148,6 +148,11 @@ pub struct ReplicaSpec {
     pub url: ReplicaUrl,
     pub litestream_compatible: bool,
     pub sync_interval: Duration,
+    /// Ship the L0 files staged in one interval as one bundle object, at
+    /// most one upload round per `sync_interval`: for capture that stages a
+    /// file per transaction (the FUSE primary). Never for a
+    /// Litestream-compatible replica, which Litestream must read.
+    pub batch: bool,
 }
 
 /// Everything the pipeline of one database needs to know.
@@ -285,7 +290,7 @@ impl Pipeline {
         let capture_interval = spec.capture_interval();
         let mut tasks = Vec::new();
         for (up, r) in uploaders.into_iter().zip(&spec.replicas) {
-            let pace = (r.sync_interval > capture_interval).then_some(r.sync_interval);
+            let pace = (r.batch || r.sync_interval > capture_interval).then_some(r.sync_interval);
             tasks.push(tokio::spawn(upload_loop(
                 up,
                 pace,

@@ -181,14 +181,15 @@ pub(super) async fn fetch_chunks(
     }
     let mut set = JoinSet::new();
     for (ci, c) in chunks.iter().enumerate() {
-        let (c, key, body) = (c.clone(), files[c.file].key.clone(), bodies[c.file].clone());
+        let (c, body) = (c.clone(), bodies[c.file].clone());
+        let (key, at) = (files[c.file].key.clone(), files[c.file].at(0));
         let (shared, job, left) = (shared.clone(), job.clone(), left.clone());
         set.spawn(async move {
             // Held until the chunk is decoded: that bounds the bytes in memory.
             let _permit = shared.permit().await?;
             let (data, base) = match body {
                 Some(b) => (b, 0u64),
-                None => (read_chunk(&shared, &key, &c).await?, c.start),
+                None => (read_chunk(&shared, &key, at, &c).await?, c.start),
             };
             let file = c.file;
             let out = tokio::task::spawn_blocking(move || job.decode(&c, base, &data))
@@ -208,10 +209,16 @@ pub(super) async fn fetch_chunks(
 }
 
 /// One ranged read; a short read is a truncated file.
-async fn read_chunk(shared: &Shared, key: &str, c: &Chunk) -> Result<Arc<Vec<u8>>, TaskError> {
+/// `at` is where the file starts in the object (see [`FileInfo::at`]).
+async fn read_chunk(
+    shared: &Shared,
+    key: &str,
+    at: u64,
+    c: &Chunk,
+) -> Result<Arc<Vec<u8>>, TaskError> {
     let d = shared
         .store
-        .get_range(key, c.start, c.len)
+        .get_range(key, at + c.start, c.len)
         .await
         .map_err(TaskError::Store)?;
     shared.count(d.len() as u64, 1);

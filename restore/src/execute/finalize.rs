@@ -230,7 +230,8 @@ pub(super) async fn verify_result(
             .map(|(_, o)| *o)
             .collect();
         db_sum ^= mine.iter().fold(0, |a, o| a ^ o.db_sum);
-        let name = Some(files[i].name());
+        let name = files[i].name();
+        let name = Some(&*name);
         let checked = if job.full {
             verify::finish_full(m, name, &mine)
         } else {

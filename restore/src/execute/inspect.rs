@@ -28,7 +28,7 @@ pub async fn read_header(
     store: &Arc<dyn ReplicaStore>,
     f: &FileInfo,
 ) -> Result<Header, RestoreError> {
-    let b = store.get_range(&f.key, 0, HEADER_SIZE as u64).await?;
+    let b = store.get_range(&f.key, f.at(0), HEADER_SIZE as u64).await?;
     let raw: [u8; HEADER_SIZE] = b.as_slice().try_into().map_err(|_| {
         corrupt(
             f,
@@ -41,7 +41,7 @@ pub async fn read_header(
         )
     })?;
     let h = Header::decode(&raw).map_err(|e| corrupt(f, e))?;
-    ltx_format::apply::check_name(f.name(), &h).map_err(|e| corrupt(f, e))?;
+    ltx_format::apply::check_name(&f.name(), &h).map_err(|e| corrupt(f, e))?;
     Ok(h)
 }
 
@@ -106,8 +106,8 @@ pub async fn diagnose(store: &Arc<dyn ReplicaStore>, f: &FileInfo) -> Option<Ltx
         store: store.clone(),
         rt: tokio::runtime::Handle::current(),
         key: f.key.clone(),
-        pos: 0,
-        size: f.size,
+        pos: f.at(0),
+        size: f.at(f.size),
         buf: Vec::new(),
         at: 0,
     };

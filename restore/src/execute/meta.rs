@@ -54,7 +54,7 @@ pub(super) async fn fetch_all(
                     got.body = None;
                 }
             }
-            ltx_format::apply::check_name(f.name(), &got.meta.header)
+            ltx_format::apply::check_name(&f.name(), &got.meta.header)
                 .map_err(|e| TaskError::Format(i, e))?;
             Ok((i, (got.meta, got.body)))
         });
@@ -86,7 +86,7 @@ async fn fetch_meta(
         )));
     }
     if size <= small {
-        let b = store.get_range(&f.key, 0, size).await?;
+        let b = store.get_range(&f.key, f.at(0), size).await?;
         let n = b.len() as u64;
         return Ok(verify::parse_meta(size, &b, &b, 0).map(|meta| Fetched {
             meta,
@@ -95,12 +95,12 @@ async fn fetch_meta(
             requests: 1,
         }));
     }
-    let head = store.get_range(&f.key, 0, HEADER_SIZE as u64).await?;
+    let head = store.get_range(&f.key, f.at(0), HEADER_SIZE as u64).await?;
     // The index takes about 8 bytes per page frame: an eighth of the file
     // (at most 64 KiB) nearly always holds it; otherwise a second read does.
     let guess = (size / 8).clamp(256, 64 << 10).min(size);
     let mut tail_off = size - guess;
-    let mut tail = store.get_range(&f.key, tail_off, guess).await?;
+    let mut tail = store.get_range(&f.key, f.at(tail_off), guess).await?;
     let mut fetched = (head.len() + tail.len()) as u64;
     let mut requests = 2;
     if tail.len() as u64 != guess {
@@ -116,7 +116,9 @@ async fn fetch_meta(
         Err(e) => return Ok(Err(e)),
     };
     if start < tail_off {
-        let mut more = store.get_range(&f.key, start, tail_off - start).await?;
+        let mut more = store
+            .get_range(&f.key, f.at(start), tail_off - start)
+            .await?;
         fetched += more.len() as u64;
         requests += 1;
         more.extend_from_slice(&tail);
