@@ -579,5 +579,8 @@ mod example_tests {
         cfg.validate().unwrap();
         assert_eq!(cfg.dbs[0].replicas.len(), 3);
         assert!(cfg.dbs[0].replicas[1].litestream_compatible);
+        let m = &cfg.mounts[0];
+        assert_eq!(m.databases["orders.db"].replicas.len(), 1);
+        assert_eq!(m.sync_interval.0, Duration::from_secs(1));
     }
 }

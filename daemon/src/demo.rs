@@ -92,8 +92,10 @@ pub fn run(dir: Option<PathBuf>, transactions: u32) -> Result<ExitCode> {
         );
     })?;
     compare(&db_path, &files, &r)?;
+    println!();
+    crate::demo_mount::run(&dir, 100)?;
     println!("elapsed:           {:.2?}", started.elapsed());
-    println!("demo ok: the replica restores to the source database");
+    println!("demo ok: the replicas restore to the source databases");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,6 +6,7 @@ mod cmd_ltx;
 mod cmd_restore;
 mod config;
 mod demo;
+mod demo_mount;
 mod failpoint;
 mod mount;
 mod pipeline;

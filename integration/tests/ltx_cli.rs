@@ -347,6 +347,12 @@ fn demo_replicates_restores_and_matches() {
     let o = sluice(&["demo", "--dir", s(&d), "--transactions", "120"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("demo ok"), "{}", stdout(&o));
+    // The mount part: one TXID per transaction, restores inside bundles.
+    assert!(
+        stdout(&o).contains("mount replica: 101 transactions as 101 TXIDs"),
+        "{}",
+        stdout(&o)
+    );
     let files = ltx_files(&d.join("replica/ltx/0"));
     assert!(files.len() > 10);
     // The replica is also a valid input to the CLI: verify and apply it again.

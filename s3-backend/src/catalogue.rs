@@ -110,7 +110,7 @@ pub async fn list(store: &Arc<dyn ReplicaStore>, layout: &Layout) -> Result<Vec<
 /// files inside it, reading the bundles' indexes concurrently. An object
 /// that is not a well-formed bundle stays listed as it is: whoever reads it
 /// then reports it as the corrupt LTX file it is.
-async fn expand_bundles(
+pub async fn expand_bundles(
     store: &Arc<dyn ReplicaStore>,
     files: Vec<FileInfo>,
 ) -> Result<Vec<FileInfo>> {
