@@ -179,3 +179,43 @@ fn a_bulk_load_is_few_objects_and_every_transaction_restores() {
         std::fs::remove_file(&out).unwrap();
     }
 }
+
+/// VACUUM of a database with a large WAL (LiteFS issue 445 panicked there):
+/// the VACUUM is one transaction, and restores before and after it match.
+#[test]
+fn vacuum_with_a_large_wal_is_one_transaction() {
+    let mut env = MountEnv::new();
+    env.start();
+    let name = "vacuum.db";
+    let c = open(&env.db(name), "WAL");
+    c.execute_batch(
+        "PRAGMA wal_autocheckpoint=0; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+         BEGIN; WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 8000)
+         INSERT INTO t(v) SELECT randomblob(2000) FROM n; COMMIT;
+         DELETE FROM t WHERE id % 3 <> 0;",
+    )
+    .unwrap();
+    let wal = std::fs::metadata(env.backing("vacuum.db-wal"))
+        .unwrap()
+        .len();
+    assert!(wal > 16 << 20, "a large WAL: {wal} bytes");
+    let before = (env.txid(name), state(&env.backing(name)));
+    c.execute_batch("VACUUM").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while env.txid(name) == before.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after = (env.txid(name), state(&env.backing(name)));
+    assert_eq!(after.0, before.0 + 1, "VACUUM is one transaction");
+    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    let ok: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    drop(c);
+    assert_eq!(env.stop(), Some(0), "{}", env.log_text());
+    let out = env.dir().join("restored.db");
+    for (txid, sum) in [before, after] {
+        assert_eq!(restore_at(&env.url(name), txid, &out), sum, "TXID {txid:x}");
+    }
+}
