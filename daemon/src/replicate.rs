@@ -1,9 +1,11 @@
 //! `sluice replicate`: for every configured database, a shipping pipeline
 //! fed by the WAL watcher.
 //!
-//! A database that fails (another writer owns its replica, a failed fsync,
-//! a deleted database) stops; the others keep running, `/healthz` turns 503,
-//! and the exit status is non-zero. SIGTERM/SIGINT: a final sync, a final
+//! A database that is missing, not yet in WAL mode, or deleted or replaced
+//! while replicated is waited for (see `wal`); the others replicate
+//! meanwhile, and readiness does not wait for it. A database that fails
+//! (another writer owns its replica, a failed fsync) stops; the others keep
+//! running, `/healthz` turns 503, and the exit status is non-zero. SIGTERM/SIGINT: a final sync, a final
 //! upload round within the shutdown timeout, then exit.
 
 use std::process::ExitCode;
@@ -60,9 +62,6 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
 
 /// Runs until SIGTERM/SIGINT, or until `stop` turns true (for in-process use).
 pub fn run_until(cfg: Config, stop: Option<watch::Receiver<bool>>) -> Result<ExitCode> {
-    for db in &cfg.dbs {
-        wal::engine::check_database(&db.path)?;
-    }
     // One thread: uploads wait on the network, capture and maintenance have
     // their own threads, blocking file work goes to the blocking pool, and a
     // single runtime thread saves the cross-thread wake-ups of a
