@@ -1,11 +1,13 @@
 //! `sluice`: the replication sidecar's single binary. `main` parses the command
 //! line and dispatches to one function per subcommand.
 
+mod cmd_drill;
 mod cmd_ls;
 mod cmd_ltx;
 mod cmd_restore;
 mod config;
 mod demo;
+mod drill;
 mod failpoint;
 mod pipeline;
 mod replicate;
@@ -60,6 +62,10 @@ enum Command {
     },
     /// Restore a database from its replica (latest, a TXID, or a time), verified.
     Restore(cmd_restore::RestoreArgs),
+    /// Disaster-recovery drill: restore into a scratch directory, verify
+    /// everything, report RPO and RTO (exit 1 on a failed check, 2 when the
+    /// drill cannot run).
+    Drill(cmd_drill::DrillArgs),
     /// Run the built-in example: a WAL-mode database replicated to a local
     /// `file://` replica, restored, and compared with the source.
     Demo {
@@ -180,6 +186,7 @@ fn main() -> ExitCode {
         },
         Command::Ls { url, json } => cmd_ls::run(&url, json),
         Command::Restore(args) => cmd_restore::run(args),
+        Command::Drill(args) => cmd_drill::run(args),
         Command::Replicate {
             config,
             db,
