@@ -11,6 +11,7 @@ mod drill;
 mod failpoint;
 mod pipeline;
 mod replicate;
+mod scheduled_drill;
 mod staging;
 mod state;
 mod wal;

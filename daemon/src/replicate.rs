@@ -11,6 +11,7 @@
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -20,6 +21,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, DbConfig};
 use crate::pipeline::metrics::{DbMetrics, Metrics};
 use crate::pipeline::{Pipeline, PipelineSpec, ReplicaSpec, Stops};
+use crate::scheduled_drill;
 use crate::staging::StagingDir;
 use crate::wal::{self, WalOptions};
 
@@ -255,6 +257,8 @@ async fn run_db(
         checkpoint_pages: db.checkpoint_pages,
         interval: spec.capture_interval(),
     };
+    let drill_spec = db.drill_interval.map(|every| (every.0, spec.clone()));
+    let drill_stops = stops.clone();
     let pipeline = match Pipeline::open(spec, m.clone(), stops).await {
         Ok(Some(p)) => p,
         Ok(None) => return Ok(()),
@@ -264,11 +268,25 @@ async fn run_db(
         }
     };
     let mut pipeline = pipeline;
+    let drills = match drill_spec {
+        Some((every, spec)) => Some(scheduled_drill::spawn(
+            &db.path,
+            &spec,
+            every,
+            m.clone(),
+            drill_stops,
+        )?),
+        None => None,
+    };
     let capture = wal::spawn(opts, pipeline.handoff())?;
     if pipeline.wait_opened().await {
         let _ = ready.send(()).await;
     }
     let result = pipeline.run(snapshot_requests).await;
-    let _ = tokio::task::spawn_blocking(move || capture.join()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = capture.join();
+        drills.map(JoinHandle::join)
+    })
+    .await;
     result.map_err(|r| anyhow::anyhow!("{}: replication stopped: {r}", db.path.display()))
 }

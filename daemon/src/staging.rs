@@ -6,6 +6,7 @@
 //! <staging>/pending.ltx                   captured frames not yet in an L0 file
 //! <staging>/replica-<i>.json              upload progress of replica i (a hint)
 //! <staging>/tmp/                          re-encodings being uploaded
+//! <staging>/drill/                        scratch copies of scheduled drills
 //! ```
 //!
 //! Invariants: an LTX file appears under its final name only once it is
@@ -187,6 +188,11 @@ impl StagingDir {
     /// Re-encodings being uploaded (never the durable truth).
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// Scratch space of scheduled drills (emptied when they start).
+    pub fn drill_dir(&self) -> PathBuf {
+        self.root.join("drill")
     }
 
     /// Files of one level, by (max, min).

@@ -25,6 +25,19 @@ pub struct DbMetrics {
     /// in WAL mode, or was deleted), if it waits.
     pub waiting: Mutex<Option<String>>,
     pub replicas: Mutex<Vec<Arc<ReplicaMetrics>>>,
+    /// The last scheduled drill of each replica (`drill-interval`).
+    pub drills: Mutex<Vec<DrillResult>>,
+}
+
+/// The outcome of the last scheduled drill of one replica.
+#[derive(Debug, Clone)]
+pub struct DrillResult {
+    pub replica: String,
+    pub ok: bool,
+    pub rto_seconds: f64,
+    pub rpo_seconds: Option<f64>,
+    /// When the drill ended.
+    pub at: SystemTime,
 }
 
 impl DbMetrics {
@@ -49,6 +62,13 @@ impl DbMetrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Records a replica's drill, replacing its previous one.
+    pub fn record_drill(&self, d: DrillResult) {
+        let mut drills = self.drills.lock().unwrap_or_else(|p| p.into_inner());
+        drills.retain(|x| x.replica != d.replica);
+        drills.push(d);
     }
 
     pub fn failure(&self) -> Option<String> {
@@ -173,6 +193,7 @@ impl Metrics {
                 );
             }
         }
+        render_drills(&mut o, &dbs);
         o
     }
 
@@ -202,6 +223,26 @@ impl Metrics {
             Ok(())
         } else {
             Err(bad)
+        }
+    }
+}
+
+/// The last scheduled drill of each replica: whether it passed, its RTO and
+/// RPO, and when it ended (Unix seconds).
+fn render_drills(o: &mut String, dbs: &[Arc<DbMetrics>]) {
+    let _ = writeln!(o, "# TYPE sluice_drill_ok gauge\n# TYPE sluice_drill_rto_seconds gauge\n# TYPE sluice_drill_rpo_seconds gauge\n# TYPE sluice_drill_timestamp_seconds gauge");
+    for d in dbs {
+        for r in d.drills.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let l = format!("db=\"{}\",replica=\"{}\"", esc(&d.db), esc(&r.replica));
+            let _ = writeln!(o, "sluice_drill_ok{{{l}}} {}", u8::from(r.ok));
+            let _ = writeln!(o, "sluice_drill_rto_seconds{{{l}}} {:.3}", r.rto_seconds);
+            if let Some(rpo) = r.rpo_seconds {
+                let _ = writeln!(o, "sluice_drill_rpo_seconds{{{l}}} {rpo:.3}");
+            }
+            let at =
+                r.at.duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+            let _ = writeln!(o, "sluice_drill_timestamp_seconds{{{l}}} {at:.3}");
         }
     }
 }

@@ -9,6 +9,7 @@
 //! binary; a module per theme.
 
 mod cli;
+mod scheduled;
 
 use std::path::Path;
 use std::process::{Command, Output};
