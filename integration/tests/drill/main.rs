@@ -8,6 +8,7 @@
 //! database; scheduled drills in the daemon export their metrics. One test
 //! binary; a module per theme.
 
+mod byteflip;
 mod cli;
 mod scheduled;
 
