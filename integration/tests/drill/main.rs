@@ -10,6 +10,7 @@
 
 mod byteflip;
 mod cli;
+mod garage;
 mod scheduled;
 
 use std::path::Path;
