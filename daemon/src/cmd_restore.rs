@@ -73,7 +73,7 @@ pub struct RestoreArgs {
 }
 
 /// Parses `--txid`: 1 to 16 hex digits, an optional `0x`.
-fn parse_txid(s: &str) -> Result<Txid> {
+pub(crate) fn parse_txid(s: &str) -> Result<Txid> {
     let h = s.strip_prefix("0x").unwrap_or(s);
     if h.is_empty() || h.len() > 16 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
         bail!("--txid {s:?}: expected a hex TXID such as 0000000000000014 or 14");

@@ -179,6 +179,13 @@ pub struct DbConfig {
     /// The final sync on SIGTERM/SIGINT gets this long. Default 10s.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Dur,
+    /// Run a restore drill of every replica this often (as `sluice drill`
+    /// next to the primary), exporting `sluice_drill_*` metrics. Default
+    /// off. Each drill downloads the restore plan (about the database's
+    /// size, in GETs and egress), writes a scratch copy under the staging
+    /// directory and reads it back for `integrity_check`.
+    #[serde(default)]
+    pub drill_interval: Option<Dur>,
     pub replicas: Vec<ReplicaConfig>,
 }
 
@@ -383,6 +390,12 @@ impl Config {
             }
             if db.sync_interval.0 < Duration::from_millis(10) {
                 bail!("dbs[{i}].sync-interval: must be at least 10ms");
+            }
+            if db
+                .drill_interval
+                .is_some_and(|d| d.0 < Duration::from_secs(1))
+            {
+                bail!("dbs[{i}].drill-interval: must be at least 1s");
             }
             if db.levels.len() > 8 {
                 bail!("dbs[{i}].levels: at most 8 compaction levels (level 9 holds snapshots)");

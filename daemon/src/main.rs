@@ -1,16 +1,19 @@
 //! `sluice`: the replication sidecar's single binary. `main` parses the command
 //! line and dispatches to one function per subcommand.
 
+mod cmd_drill;
 mod cmd_ls;
 mod cmd_ltx;
 mod cmd_restore;
 mod config;
 mod demo;
 mod demo_mount;
+mod drill;
 mod failpoint;
 mod mount;
 mod pipeline;
 mod replicate;
+mod scheduled_drill;
 mod staging;
 mod state;
 mod wal;
@@ -83,6 +86,10 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Disaster-recovery drill: restore into a scratch directory, verify
+    /// everything, report RPO and RTO (exit 1 on a failed check, 2 when the
+    /// drill cannot run).
+    Drill(cmd_drill::DrillArgs),
     /// Run the built-in example: a WAL-mode database replicated to a local
     /// `file://` replica, restored, and compared with the source.
     Demo {
@@ -244,6 +251,7 @@ fn main() -> ExitCode {
         },
         Command::Ls { url, json } => cmd_ls::run(&url, json),
         Command::Restore(args) => cmd_restore::run(args),
+        Command::Drill(args) => cmd_drill::run(args),
         Command::Replicate {
             config,
             db,

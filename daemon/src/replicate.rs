@@ -1,14 +1,17 @@
 //! `sluice replicate`: for every configured database, a shipping pipeline
 //! fed by the WAL watcher.
 //!
-//! A database that fails (another writer owns its replica, a failed fsync,
-//! a deleted database) stops; the others keep running, `/healthz` turns 503,
-//! and the exit status is non-zero. SIGTERM/SIGINT: a final sync, a final
+//! A database that is missing, not yet in WAL mode, or deleted or replaced
+//! while replicated is waited for (see `wal`); the others replicate
+//! meanwhile, and readiness does not wait for it. A database that fails
+//! (another writer owns its replica, a failed fsync) stops; the others keep
+//! running, `/healthz` turns 503, and the exit status is non-zero. SIGTERM/SIGINT: a final sync, a final
 //! upload round within the shutdown timeout, then exit.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -18,6 +21,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, DbConfig};
 use crate::pipeline::metrics::{DbMetrics, Metrics};
 use crate::pipeline::{Pipeline, PipelineSpec, ReplicaSpec, Stops};
+use crate::scheduled_drill;
 use crate::staging::StagingDir;
 use crate::wal::{self, WalOptions};
 
@@ -62,9 +66,6 @@ pub fn run(cfg: Config) -> Result<ExitCode> {
 pub fn run_until(cfg: Config, stop: Option<watch::Receiver<bool>>) -> Result<ExitCode> {
     if cfg.dbs.is_empty() {
         anyhow::bail!("dbs: no databases configured for `sluice replicate` (the config's mounts are served by `sluice mount`)");
-    }
-    for db in &cfg.dbs {
-        wal::engine::check_database(&db.path)?;
     }
     // One thread: uploads wait on the network, capture and maintenance have
     // their own threads, blocking file work goes to the blocking pool, and a
@@ -260,6 +261,8 @@ async fn run_db(
         checkpoint_pages: db.checkpoint_pages,
         interval: spec.capture_interval(),
     };
+    let drill_spec = db.drill_interval.map(|every| (every.0, spec.clone()));
+    let drill_stops = stops.clone();
     let fresh = !spec.staging.has_history()?;
     let (handoff, rx) = Pipeline::handoff(&spec.staging, m.clone(), stops);
     let pipeline = match Pipeline::open(spec, handoff.clone(), rx, fresh).await {
@@ -271,11 +274,25 @@ async fn run_db(
         }
     };
     let mut pipeline = pipeline;
+    let drills = match drill_spec {
+        Some((every, spec)) => Some(scheduled_drill::spawn(
+            &db.path,
+            &spec,
+            every,
+            m.clone(),
+            drill_stops,
+        )?),
+        None => None,
+    };
     let capture = wal::spawn(opts, handoff)?;
     if pipeline.wait_opened().await {
         let _ = ready.send(()).await;
     }
     let result = pipeline.run(snapshot_requests).await;
-    let _ = tokio::task::spawn_blocking(move || capture.join()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = capture.join();
+        drills.map(JoinHandle::join)
+    })
+    .await;
     result.map_err(|r| anyhow::anyhow!("{}: replication stopped: {r}", db.path.display()))
 }

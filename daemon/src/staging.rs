@@ -8,6 +8,7 @@
 //! <staging>/tmp/                          re-encodings being uploaded
 //! <staging>/deferred/<txid>-<txid>.ltx    L0 files not yet fsynced (FUSE capture
 //!                                         of transactions SQLite did not sync)
+//! <staging>/drill/                        scratch copies of scheduled drills
 //! ```
 //!
 //! Invariants: an LTX file appears under its final name only once it is
@@ -189,6 +190,11 @@ impl StagingDir {
     /// Re-encodings being uploaded (never the durable truth).
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// Scratch space of scheduled drills (emptied when they start).
+    pub fn drill_dir(&self) -> PathBuf {
+        self.root.join("drill")
     }
 
     /// Files of one level, by (max, min).

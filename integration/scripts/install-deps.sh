@@ -13,6 +13,8 @@ need_apt=()
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+# systemd-analyze, for integration/scripts/systemd-check.sh (verify, security).
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

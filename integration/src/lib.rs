@@ -5,6 +5,7 @@
 //! vectors are `ltx_format::test_vectors` (feature `test-util`). Scripts that
 //! install and start real servers live in `scripts/`.
 
+pub mod byteflip;
 pub mod env;
 pub mod http;
 pub mod mount;

@@ -21,7 +21,23 @@ pub struct DbMetrics {
     pub full_files: AtomicU64,
     /// Why replication of this database stopped, if it did.
     pub failed: Mutex<Option<String>>,
+    /// What capture waits for (a database that does not exist yet, is not
+    /// in WAL mode, or was deleted), if it waits.
+    pub waiting: Mutex<Option<String>>,
     pub replicas: Mutex<Vec<Arc<ReplicaMetrics>>>,
+    /// The last scheduled drill of each replica (`drill-interval`).
+    pub drills: Mutex<Vec<DrillResult>>,
+}
+
+/// The outcome of the last scheduled drill of one replica.
+#[derive(Debug, Clone)]
+pub struct DrillResult {
+    pub replica: String,
+    pub ok: bool,
+    pub rto_seconds: f64,
+    pub rpo_seconds: Option<f64>,
+    /// When the drill ended.
+    pub at: SystemTime,
 }
 
 impl DbMetrics {
@@ -31,6 +47,28 @@ impl DbMetrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert(reason);
+    }
+
+    /// Sets (or clears) what capture waits for; returns the previous value.
+    pub fn set_waiting(&self, reason: Option<String>) -> Option<String> {
+        std::mem::replace(
+            &mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()),
+            reason,
+        )
+    }
+
+    pub fn waiting(&self) -> Option<String> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records a replica's drill, replacing its previous one.
+    pub fn record_drill(&self, d: DrillResult) {
+        let mut drills = self.drills.lock().unwrap_or_else(|p| p.into_inner());
+        drills.retain(|x| x.replica != d.replica);
+        drills.push(d);
     }
 
     pub fn failure(&self) -> Option<String> {
@@ -114,6 +152,9 @@ impl Metrics {
             ("sluice_full_files_total", "counter", |d: &DbMetrics| {
                 d.full_files.load(Relaxed)
             }),
+            ("sluice_db_waiting", "gauge", |d: &DbMetrics| {
+                u64::from(d.waiting().is_some())
+            }),
         ] {
             let _ = writeln!(o, "# TYPE {name} {help}");
             for d in &dbs {
@@ -152,10 +193,20 @@ impl Metrics {
                 );
             }
         }
+        render_drills(&mut o, &dbs);
         o
     }
 
-    /// `Ok` when every database replicates; otherwise the reasons.
+    /// Databases whose capture waits for them, with the reason.
+    pub fn waiting(&self) -> Vec<String> {
+        let dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        dbs.iter()
+            .filter_map(|d| d.waiting().map(|r| format!("{}: waiting: {r}", d.db)))
+            .collect()
+    }
+
+    /// `Ok` when no database has stopped (waiting ones included); otherwise
+    /// the reasons.
     pub fn health(&self) -> Result<(), Vec<String>> {
         let dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let bad: Vec<String> = dbs
@@ -174,6 +225,47 @@ impl Metrics {
             Err(bad)
         }
     }
+}
+
+/// The last scheduled drill of each replica: whether it passed, its RTO and
+/// RPO, and when it ended (Unix seconds).
+fn render_drills(o: &mut String, dbs: &[Arc<DbMetrics>]) {
+    let _ = writeln!(o, "# TYPE sluice_drill_ok gauge\n# TYPE sluice_drill_rto_seconds gauge\n# TYPE sluice_drill_rpo_seconds gauge\n# TYPE sluice_drill_timestamp_seconds gauge");
+    for d in dbs {
+        for r in d.drills.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let l = format!("db=\"{}\",replica=\"{}\"", esc(&d.db), esc(&r.replica));
+            let _ = writeln!(o, "sluice_drill_ok{{{l}}} {}", u8::from(r.ok));
+            let _ = writeln!(o, "sluice_drill_rto_seconds{{{l}}} {:.3}", r.rto_seconds);
+            if let Some(rpo) = r.rpo_seconds {
+                let _ = writeln!(o, "sluice_drill_rpo_seconds{{{l}}} {rpo:.3}");
+            }
+            let at =
+                r.at.duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+            let _ = writeln!(o, "sluice_drill_timestamp_seconds{{{l}}} {at:.3}");
+        }
+    }
+}
+
+/// `/healthz`: 200 and `ok` while no database has stopped, then one line
+/// per database that waits to appear; 503 and the reasons otherwise.
+fn healthz(m: &Metrics) -> (&'static str, String) {
+    let mut lines = match m.health() {
+        Ok(()) => {
+            return (
+                "200 OK",
+                ["ok".to_string()]
+                    .into_iter()
+                    .chain(m.waiting())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    + "\n",
+            )
+        }
+        Err(r) => r,
+    };
+    lines.extend(m.waiting());
+    ("503 Service Unavailable", lines.join("\n") + "\n")
 }
 
 /// Serves `/metrics` and `/healthz` until the process ends.
@@ -209,10 +301,7 @@ pub async fn serve(addr: String, metrics: Arc<Metrics>) {
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
                 "/metrics" => ("200 OK", m.render()),
-                "/healthz" => match m.health() {
-                    Ok(()) => ("200 OK", "ok\n".to_string()),
-                    Err(r) => ("503 Service Unavailable", r.join("\n") + "\n"),
-                },
+                "/healthz" => healthz(&m),
                 _ => ("404 Not Found", "not found\n".to_string()),
             };
             let resp = format!(

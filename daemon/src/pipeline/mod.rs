@@ -45,6 +45,9 @@ use uploader::{UploadMarks, Uploader};
 pub enum Captured {
     /// The source has not opened the database yet.
     Opening,
+    /// The source waits for its database to appear (it never opened it in
+    /// this run); files staged by an earlier run are uploaded meanwhile.
+    Waiting,
     /// The newest L0 file staged.
     Staged(Txid),
     /// Capture has ended: nothing more will be staged.
@@ -111,8 +114,29 @@ impl Handoff {
     /// The source has opened the database; `txid` is where its history
     /// stands (files already staged are uploaded in any case).
     pub fn opened(&self, txid: Txid) {
+        if self.metrics.set_waiting(None).is_some() {
+            info!(db = %self.metrics.db, "database ready after waiting");
+        }
         self.metrics.txid.store(txid.0, Ordering::Relaxed);
         self.tx.send_replace(Captured::Staged(txid));
+    }
+
+    /// The source waits for its database (missing, being created, not in
+    /// WAL mode, or deleted or replaced while captured): logged when the
+    /// reason changes, and shown in `/healthz` and the metrics. The other
+    /// databases are not affected, and readiness does not wait for it.
+    pub fn waiting(&self, reason: &str) {
+        let previous = self.metrics.set_waiting(Some(reason.to_string()));
+        if previous.as_deref() != Some(reason) {
+            warn!(db = %self.metrics.db, "{reason}");
+        }
+        self.tx.send_if_modified(|c| {
+            let first = *c == Captured::Opening;
+            if first {
+                *c = Captured::Waiting;
+            }
+            first
+        });
     }
 
     /// Hands over a staged L0 file.
@@ -266,8 +290,8 @@ impl Pipeline {
         }))
     }
 
-    /// Waits until the capture source has opened the database (true), or
-    /// failed or was stopped first (false).
+    /// Waits until the capture source has opened the database or waits for
+    /// it to appear (true), or failed or was stopped first (false).
     pub async fn wait_opened(&mut self) -> bool {
         let halt = self.handoff.stops.halt.clone();
         tokio::select! {

@@ -102,19 +102,21 @@ impl std::fmt::Debug for Engine {
 }
 
 /// Refuses anything that is not an existing WAL-mode SQLite database, naming
-/// the fix.
+/// the fix. A database that may yet become one (missing, empty or still
+/// being written, not yet in WAL mode) is [`CaptureError::NotReady`]: the
+/// capture thread waits for it.
 pub fn check_database(db: &Path) -> Result<()> {
     let f = File::open(db).map_err(|e| {
-        CaptureError::Database(if e.kind() == std::io::ErrorKind::NotFound {
-            format!("database {} does not exist; create it first (sluice never creates or modifies an application database)", db.display())
+        if e.kind() == std::io::ErrorKind::NotFound {
+            CaptureError::NotReady(format!("database {} does not exist yet; waiting for the application to create it (sluice never creates or modifies an application database)", db.display()))
         } else {
-            format!("cannot open database {}: {e}", db.display())
-        })
+            CaptureError::Database(format!("cannot open database {}: {e}", db.display()))
+        }
     })?;
     let mut h = [0u8; 100];
     f.read_exact_at(&mut h, 0).map_err(|_| {
-        CaptureError::Database(format!(
-            "{} is too short to be a SQLite database",
+        CaptureError::NotReady(format!(
+            "database {} is empty or shorter than a SQLite header; waiting for the application to create it",
             db.display()
         ))
     })?;
@@ -125,8 +127,8 @@ pub fn check_database(db: &Path) -> Result<()> {
         )));
     }
     if h[18] != 2 || h[19] != 2 {
-        return Err(CaptureError::Database(format!(
-            "database {} is not in WAL mode; switch it with: sqlite3 {} 'PRAGMA journal_mode=WAL'",
+        return Err(CaptureError::NotReady(format!(
+            "database {} is not in WAL mode; waiting for it (switch it with: sqlite3 {} 'PRAGMA journal_mode=WAL')",
             db.display(),
             db.display()
         )));
@@ -149,7 +151,12 @@ impl Engine {
     pub(super) fn load(db: &Path, staging: &StagingDir, checkpoint_pages: u32) -> Result<Self> {
         check_database(db)?;
         let db_file = File::open(db).map_err(|e| {
-            CaptureError::Database(format!("cannot open database {}: {e}", db.display()))
+            let msg = format!("cannot open database {}: {e}", db.display());
+            if e.kind() == std::io::ErrorKind::NotFound {
+                CaptureError::NotReady(msg)
+            } else {
+                CaptureError::Database(msg)
+            }
         })?;
         let pins = Pins::open(db)?;
         let started = Instant::now();
@@ -260,8 +267,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Fails if the database file was deleted or replaced by another file
-    /// since it was opened: what is captured would no longer be that file.
+    /// [`CaptureError::Gone`] if the database file was deleted or replaced
+    /// by another file since it was opened: what is captured would no
+    /// longer be that file.
     pub fn check_identity(&self) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let held = self
@@ -270,12 +278,12 @@ impl Engine {
             .map_err(|e| CaptureError::read(&self.db, e))?;
         match std::fs::metadata(&self.db) {
             Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => Ok(()),
-            Ok(_) => Err(CaptureError::Database(format!(
-                "database {} was replaced by another file while replicated; restart sluice to replicate the new file (it will write a full-page file)",
+            Ok(_) => Err(CaptureError::Gone(format!(
+                "database {} was replaced by another file while replicated",
                 self.db.display()
             ))),
-            Err(_) => Err(CaptureError::Database(format!(
-                "database {} was deleted while replicated; restore it or remove it from the config",
+            Err(_) => Err(CaptureError::Gone(format!(
+                "database {} was deleted while replicated",
                 self.db.display()
             ))),
         }

@@ -22,10 +22,18 @@ pub enum CaptureError {
         path: PathBuf,
         source: ltx_format::Error,
     },
-    /// The database is not (or no longer) one we can capture: not in WAL
-    /// mode, deleted, replaced. The message names the fix.
+    /// The database is not one we can capture (not a SQLite file, an
+    /// unreadable file). The message names the fix.
     #[error("{0}")]
     Database(String),
+    /// The database is not there to capture yet: missing, still being
+    /// created, or not yet in WAL mode. Waited for, never fatal.
+    #[error("{0}")]
+    NotReady(String),
+    /// The database file was deleted or replaced while captured: capture of
+    /// that file ends, and the path is waited for again.
+    #[error("{0}")]
+    Gone(String),
 }
 
 impl CaptureError {
@@ -35,7 +43,10 @@ impl CaptureError {
         match self {
             CaptureError::Staging(e) => e.is_fatal(),
             CaptureError::Database(_) => true,
-            CaptureError::Sqlite { .. } | CaptureError::Read { .. } => false,
+            CaptureError::NotReady(_)
+            | CaptureError::Gone(_)
+            | CaptureError::Sqlite { .. }
+            | CaptureError::Read { .. } => false,
         }
     }
 

@@ -3,9 +3,16 @@
 //! says so, and hands each L0 file to the shipping pipeline
 //! ([`crate::pipeline::Handoff`]). It knows nothing of uploads.
 //!
+//! A database that is missing, still being created or not yet in WAL mode
+//! is waited for (reported through [`Handoff::waiting`], checked every
+//! interval); one deleted or replaced while captured ends its session, and
+//! the path is waited for again: the next file continues the history only
+//! if its state is exactly the replicated one, otherwise it starts with a
+//! full-page L0 file (see [`engine::Engine::open_with`]).
+//!
 //! Errors: a fatal one ([`error::CaptureError::is_fatal`]: a failed fsync,
-//! EIO, a deleted or replaced database) stops this database; any other is
-//! retried with a growing pause and counted in the metrics.
+//! EIO, a file that is not a SQLite database) stops this database; any
+//! other is retried with a growing pause and counted in the metrics.
 
 pub mod checkpoint;
 pub mod engine;
@@ -114,47 +121,78 @@ struct DbContext {
     errors_in_row: u32,
 }
 
+/// How a capture session of one database file ended.
+enum Ended {
+    /// A stop (drain or halt), or a fatal error already reported.
+    Stopped,
+    /// The file was deleted or replaced: wait for the path again.
+    Gone,
+}
+
+/// Captures sessions until stopped: each opens the file at the database's
+/// path (waiting while there is none), and runs until a stop or until that
+/// file is deleted or replaced. A later session never resumes the old
+/// file's WAL position (see [`Engine::open_with`]).
 fn capture(opts: WalOptions, handoff: Handoff) {
-    let (engine, first) = match Engine::open(&opts.db, handoff.staging(), opts.checkpoint_pages) {
-        Ok(x) => x,
-        Err(e) => return handoff.fail(e.to_string()),
-    };
-    if let Some(s) = &first {
-        handoff.staged(&staged(s));
-    }
-    handoff.opened(engine.txid());
-    info!(db = %opts.db.display(), txid = %engine.txid(), checksum = %engine.checksum(), "capturing");
-    let wal = wal_path(&opts.db);
-    let mut cx = DbContext {
-        engine,
-        watch: WalWatch::new(&wal),
-        wal,
-        handoff,
-        sched: Scheduler::new(opts.interval, Instant::now()),
-        errors_in_row: 0,
-    };
-    loop {
-        if cx.handoff.stops().halt.is_cancelled() {
-            break;
+    let mut replaced = false;
+    while let Some((engine, first)) = open_when_ready(&opts, &handoff, replaced) {
+        if let Some(s) = &first {
+            handoff.staged(&staged(s));
         }
-        let stopping = cx.handoff.stops().drain.is_cancelled();
-        let repin = !stopping && cx.wait();
-        if let Err(e) = cx.step(stopping, repin) {
-            if e.is_fatal() {
-                cx.handoff.fail(e.to_string());
-                break;
-            }
-            cx.transient(&e);
-        }
-        if stopping {
-            break;
+        handoff.opened(engine.txid());
+        info!(db = %opts.db.display(), txid = %engine.txid(), checksum = %engine.checksum(), "capturing");
+        let wal = wal_path(&opts.db);
+        let cx = DbContext {
+            engine,
+            watch: WalWatch::new(&wal),
+            wal,
+            handoff: handoff.clone(),
+            sched: Scheduler::new(opts.interval, Instant::now()),
+            errors_in_row: 0,
+        };
+        match cx.run() {
+            Ended::Stopped => break,
+            Ended::Gone => replaced = true,
         }
     }
-    let DbContext {
-        engine, handoff, ..
-    } = cx;
-    engine.close();
     handoff.finished();
+}
+
+/// Opens the engine once the database is there. While it is missing, empty
+/// or not in WAL mode it is waited for: reported once (and on each change
+/// of reason), checked every interval. `None` on a stop or a fatal error
+/// (already reported).
+fn open_when_ready(
+    opts: &WalOptions,
+    handoff: &Handoff,
+    replaced: bool,
+) -> Option<(Engine, Option<Synced>)> {
+    let every = opts
+        .interval
+        .clamp(Duration::from_millis(100), Duration::from_secs(1));
+    loop {
+        if handoff.stops().stopping() {
+            return None;
+        }
+        let (db, staging, pages) = (&opts.db, handoff.staging(), opts.checkpoint_pages);
+        let opened = if replaced {
+            Engine::open_with(db, staging, pages, true)
+        } else {
+            Engine::open(db, staging, pages)
+        };
+        match opened {
+            Ok(x) => return Some(x),
+            Err(CaptureError::NotReady(reason)) => handoff.waiting(&reason),
+            Err(e) => {
+                handoff.fail(e.to_string());
+                return None;
+            }
+        }
+        let until = Instant::now() + every;
+        while Instant::now() < until && !handoff.stops().stopping() {
+            std::thread::sleep(Duration::from_millis(50).min(every));
+        }
+    }
 }
 
 fn staged(s: &Synced) -> StagedL0 {
@@ -167,6 +205,39 @@ fn staged(s: &Synced) -> StagedL0 {
 }
 
 impl DbContext {
+    /// Syncs until a stop, a fatal error, or the file is gone; then closes
+    /// the engine (its position made durable).
+    fn run(mut self) -> Ended {
+        let mut ended = Ended::Stopped;
+        loop {
+            if self.handoff.stops().halt.is_cancelled() {
+                break;
+            }
+            let stopping = self.handoff.stops().drain.is_cancelled();
+            let repin = !stopping && self.wait();
+            match self.step(stopping, repin) {
+                Ok(()) => {}
+                Err(CaptureError::Gone(reason)) => {
+                    self.handoff.waiting(&format!(
+                        "{reason}; waiting for a database at this path (a new file that does not continue the replicated state starts with a full-page file)"
+                    ));
+                    ended = Ended::Gone;
+                    break;
+                }
+                Err(e) if e.is_fatal() => {
+                    self.handoff.fail(e.to_string());
+                    break;
+                }
+                Err(e) => self.transient(&e),
+            }
+            if stopping {
+                break;
+            }
+        }
+        self.engine.close();
+        ended
+    }
+
     /// Waits until the next sync is due. True if the pin must move first
     /// (it sits on read mark 0 and the application has written).
     fn wait(&mut self) -> bool {

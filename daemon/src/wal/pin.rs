@@ -49,7 +49,7 @@ fn open_conn(db: &Path) -> Result<Connection> {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .map_err(err())?;
     if mode != "wal" {
-        return Err(CaptureError::Database(format!(
+        return Err(CaptureError::NotReady(format!(
             "database {} is in journal mode {mode}, not WAL; switch it with: sqlite3 {} 'PRAGMA journal_mode=WAL'",
             db.display(),
             db.display()

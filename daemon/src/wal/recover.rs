@@ -33,6 +33,21 @@ impl Engine {
         staging: &StagingDir,
         checkpoint_pages: u32,
     ) -> Result<(Self, Option<Synced>)> {
+        Self::open_with(db, staging, checkpoint_pages, false)
+    }
+
+    /// [`Engine::open`] for a database that was deleted or replaced while
+    /// captured (`replaced`): the file now at the path continues the
+    /// history only if its committed state (database file plus WAL) is
+    /// exactly the last shipped state. The WAL generation is not trusted
+    /// then: an old `-wal` left beside a new file would pass for the same
+    /// generation. Anything else gets a full-page L0 file.
+    pub fn open_with(
+        db: &Path,
+        staging: &StagingDir,
+        checkpoint_pages: u32,
+        replaced: bool,
+    ) -> Result<(Self, Option<Synced>)> {
         let mut engine = Engine::load(db, staging, checkpoint_pages)?;
         // A position file a power failure left corrupt is recovered from the
         // staged files (see `crate::state`).
@@ -52,6 +67,9 @@ impl Engine {
             let s = engine.write_full(next, Some(pos_sum), "page size changed")?;
             return Ok((engine, Some(s)));
         }
+        if replaced {
+            return engine.continue_replaced(next, pos_sum);
+        }
         match engine.resume_point(&pos)? {
             Some(cursor) => {
                 // Continuity proven: the next sync ships what follows `cursor`
@@ -69,6 +87,28 @@ impl Engine {
                 Ok((engine, Some(s)))
             }
         }
+    }
+
+    /// A new file at the database's path: it continues the history when its
+    /// whole committed state is the position's (then capture goes on from
+    /// the WAL's end); otherwise a full-page L0 file re-establishes the
+    /// chain on top of the old history, and says so.
+    fn continue_replaced(
+        mut self,
+        next: Txid,
+        pos_sum: Checksum,
+    ) -> Result<(Self, Option<Synced>)> {
+        if self.table_checksum() == pos_sum {
+            self.last_post = pos_sum;
+            info!(db = %self.db.display(), txid = %self.txid, "the new database file holds exactly the replicated state: capture continues");
+            return Ok((self, None));
+        }
+        let s = self.write_full(
+            next,
+            Some(pos_sum),
+            "the database was replaced (or deleted and created again) while replicated, and its state does not continue the replica's history",
+        )?;
+        Ok((self, Some(s)))
     }
 
     /// Where to resume reading the WAL, if the position is provably continuous

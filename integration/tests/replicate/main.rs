@@ -9,6 +9,7 @@ mod garage;
 mod levels;
 mod pipeline;
 mod restart;
+mod waiting;
 mod workload;
 
 use std::path::Path;
