@@ -6,6 +6,7 @@
 //! install and start real servers live in `scripts/`.
 
 pub mod env;
+pub mod faults;
 pub mod http;
 pub mod rng;
 
