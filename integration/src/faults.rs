@@ -152,9 +152,16 @@ pub struct ScriptServer {
 
 impl ScriptServer {
     /// `SCRIPT start DIR` (`script` is a file name in `integration/scripts`),
-    /// or `None` when the Garage binary is missing and the test command did
-    /// not require Garage (the caller's test then returns early).
+    /// or `None` (the caller's test then returns early) when the run is not
+    /// one with Garage (neither `SLUICE_REQUIRE_GARAGE` nor a Garage in
+    /// `SLUICE_S3_ENDPOINT`, like the other S3 tests), or the Garage binary
+    /// is missing and the test command did not require Garage.
     pub fn start(script: &str) -> Option<ScriptServer> {
+        let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+        if !set("SLUICE_REQUIRE_GARAGE") && !set("SLUICE_S3_ENDPOINT") {
+            eprintln!("skipped: not a run with Garage (run integration/scripts/test-all.sh)");
+            return None;
+        }
         let script = crate::project_root()
             .join("integration/scripts")
             .join(script);
