@@ -14,7 +14,7 @@ secs=${1:-300}
 [[ $secs =~ ^[0-9]+$ && $secs -ge 1 ]] || { echo "usage: $0 [SECONDS]" >&2; exit 2; }
 export SLUICE_NODE_DOWN_SECS=$secs SLUICE_REQUIRE_GARAGE=1
 "$root/integration/scripts/garage.sh" install
-fault_build
+fault_build store_faults
 started=$SECONDS
 fault_run store_faults cluster::a_cluster_losing_a_node_loses_nothing '^cluster'
 flog "done in $((SECONDS - started)) s"

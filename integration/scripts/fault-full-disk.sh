@@ -12,7 +12,7 @@ secs=${1:-60}
 [[ $secs =~ ^[0-9]+$ && $secs -ge 1 ]] || { echo "usage: $0 [SECONDS]" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "$0: mounting a tmpfs needs root" >&2; exit 2; }
 export SLUICE_FULL_DISK_SECS=$secs
-fault_build
+fault_build replicate
 started=$SECONDS
 fault_run replicate faults::a_full_staging_disk_under_load_recovers_when_space_returns '^full disk'
 flog "done in $((SECONDS - started)) s"

@@ -13,7 +13,7 @@ rounds=${1:-200}
 [[ $rounds =~ ^[0-9]+$ && $rounds -ge 1 ]] || { echo "usage: $0 [N] [SEED]" >&2; exit 2; }
 export SLUICE_KILL9_ROUNDS=$rounds
 [ -z "${2:-}" ] || export SLUICE_KILL9_SEED=$2
-fault_build
+fault_build replicate
 started=$SECONDS
 fault_run replicate restart::survives_repeated_kill9s_with_gap_free_restores '^kill9 '
 flog "$rounds kills done in $((SECONDS - started)) s"

@@ -8,9 +8,10 @@ export SLUICE_VECTORS=${SLUICE_VECTORS:-$root/../shared/ltx-vectors}
 
 flog() { printf '[%s] %s\n' "$(basename "$0" .sh)" "$*" >&2; }
 
-# Builds sluice (unless SLUICE_BIN names one) and the integration tests, and
-# exports SLUICE_BIN and FAULT_TESTS (test name -> executable, one per line).
+# fault_build TEST_TARGET: builds sluice (unless SLUICE_BIN names one) and
+# that integration test target only, and exports SLUICE_BIN.
 fault_build() {
+  local target=$1
   fault_tmp=$(mktemp -d "${TMPDIR:-/tmp}/sluice-fault.XXXXXX")
   trap 'rm -rf "$fault_tmp"' EXIT
   if [ -z "${SLUICE_BIN:-}" ]; then
@@ -20,7 +21,7 @@ fault_build() {
     export SLUICE_BIN=$fault_tmp/sluice
   fi
   flog "building the tests"
-  cargo test -q -p integration --no-run --message-format=json-render-diagnostics >"$fault_tmp/tests.json"
+  cargo test -q -p integration --test "$target" --no-run --message-format=json-render-diagnostics >"$fault_tmp/tests.json"
 }
 
 # The executable of target $1 in cargo's JSON messages on stdin.

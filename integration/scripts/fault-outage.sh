@@ -13,7 +13,7 @@ secs=${1:-600}
 [[ $secs =~ ^[0-9]+$ && $secs -ge 1 ]] || { echo "usage: $0 [SECONDS]" >&2; exit 2; }
 export SLUICE_OUTAGE_SECS=$secs SLUICE_REQUIRE_GARAGE=1
 "$root/integration/scripts/garage.sh" install
-fault_build
+fault_build store_faults
 started=$SECONDS
 fault_run store_faults outage::an_s3_outage_loses_nothing_and_the_wal_stays_bounded '^outage'
 flog "done in $((SECONDS - started)) s"
