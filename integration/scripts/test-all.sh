@@ -21,13 +21,22 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build the sluice binary (the CLI tests run it)"
 cargo build --workspace --bins --locked
 
-step "start Garage (S3) on loopback"
+step "start Garage and SeaweedFS (S3) on loopback"
 garage_dir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-garage.XXXXXX")
-trap 'integration/scripts/garage.sh stop "$garage_dir" >/dev/null 2>&1 || true; rm -rf "$garage_dir"' EXIT
+weed_dir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-weed.XXXXXX")
+stop_servers() {
+  integration/scripts/garage.sh stop "$garage_dir" >/dev/null 2>&1 || true
+  integration/scripts/seaweedfs.sh stop "$weed_dir" >/dev/null 2>&1 || true
+  rm -rf "$garage_dir" "$weed_dir"
+}
+trap stop_servers EXIT
 integration/scripts/garage.sh start "$garage_dir" >/dev/null
+integration/scripts/seaweedfs.sh start "$weed_dir" >/dev/null
 # shellcheck disable=SC1091
 . "$garage_dir/env.sh"
-export SLUICE_REQUIRE_GARAGE=1
+# shellcheck disable=SC1091
+. "$weed_dir/env.sh"
+export SLUICE_REQUIRE_GARAGE=1 SLUICE_REQUIRE_SEAWEEDFS=1
 
 step "cargo test"
 test_log="$garage_dir/cargo-test.log"

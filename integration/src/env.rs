@@ -326,21 +326,19 @@ pub fn settle_with(db: &Path, staging: &Path, replica: &Path) -> u64 {
 /// Waits until the daemon has captured the source's committed state and the
 /// S3 replica lists that TXID at level 0; returns the TXID.
 pub fn settle_s3(db: &Path, url: &str) -> u64 {
+    settle_s3_as(db, url, &[], Duration::from_secs(90))
+}
+
+/// [`settle_s3`] with credentials for `sluice ls` (`S3Server::env`) and
+/// its own bound.
+pub fn settle_s3_as(db: &Path, url: &str, env: &[(&str, &str)], timeout: Duration) -> u64 {
     let want = state_checksum(db);
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if position_checksum(db) == want {
             let t = position_txid(db);
             while Instant::now() < deadline {
-                let o = sluice(&["ls", "--json", url]);
-                let listed: serde_json::Value =
-                    serde_json::from_slice(&o.stdout).unwrap_or_default();
-                let has = listed.as_array().is_some_and(|a| {
-                    a.iter().any(|e| {
-                        e["level"] == 0 && e["max_txid"].as_str() == Some(&format!("{t:016x}"))
-                    })
-                });
-                if has {
+                if max_l0_txid(url, env) >= Some(t) {
                     return t;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -348,7 +346,25 @@ pub fn settle_s3(db: &Path, url: &str) -> u64 {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("the S3 replica never reached the source's state {want}");
+    panic!("the S3 replica never reached the source's state {want} within {timeout:?}");
+}
+
+/// The highest TXID an S3 replica lists at level 0 (`sluice ls --json`
+/// with the credentials in `env`); `None` when it lists none or cannot be
+/// listed.
+pub fn max_l0_txid(url: &str, env: &[(&str, &str)]) -> Option<u64> {
+    let o = crate::run(
+        std::process::Command::new(crate::sluice_bin())
+            .args(["ls", "--json", url])
+            .envs(env.iter().copied()),
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    listed
+        .as_array()?
+        .iter()
+        .filter(|e| e["level"] == 0)
+        .filter_map(|e| u64::from_str_radix(e["max_txid"].as_str()?, 16).ok())
+        .max()
 }
 
 /// The LTX checksum of the database's committed state (main file + WAL),
@@ -432,13 +448,25 @@ fn pragma_check(db: &Path, pragma: &str) -> String {
 
 /// Downloads an S3 replica's L0 files into `dir` (through the real store).
 pub fn download_l0(url: &str, dir: &Path) {
+    download_l0_as(url, None, dir);
+}
+
+/// [`download_l0`] with explicit credentials (`key ID`, `secret`) instead of
+/// the AWS variables of the environment.
+pub fn download_l0_as(url: &str, credentials: Option<(&str, &str)>, dir: &Path) {
     use tokio::io::AsyncReadExt;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     rt.block_on(async {
-        let u = s3_backend::ReplicaUrl::parse(url).expect("replica URL");
+        let mut u = s3_backend::ReplicaUrl::parse(url).expect("replica URL");
+        if let (s3_backend::ReplicaUrl::S3 { config, .. }, Some((id, secret))) =
+            (&mut u, credentials)
+        {
+            config.access_key_id = Some(id.to_string());
+            config.secret_access_key = Some(secret.to_string());
+        }
         let store = u
             .open(
                 s3_backend::retry::RetryPolicy::default(),

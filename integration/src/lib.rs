@@ -7,6 +7,7 @@
 
 pub mod byteflip;
 pub mod env;
+pub mod faults;
 pub mod http;
 pub mod mount;
 pub mod rng;
@@ -242,8 +243,10 @@ pub fn terminate(child: &mut std::process::Child, timeout: std::time::Duration) 
     let _ = child.wait();
 }
 
-/// The Garage that `integration/scripts/test-all.sh` starts and describes in
-/// `SLUICE_S3_*` and the AWS credential variables.
+/// An S3 server for tests: the Garage that `integration/scripts/test-all.sh`
+/// starts and describes in `SLUICE_S3_*` and the AWS credential variables
+/// ([`garage`]), the SeaweedFS beside it ([`seaweedfs`]), or one a fault test
+/// starts itself.
 #[derive(Debug, Clone)]
 pub struct Garage {
     pub endpoint: String,
@@ -278,7 +281,71 @@ pub fn garage() -> Option<Garage> {
     g
 }
 
+/// Any S3 server the tests talk to (the struct was Garage's first).
+pub type S3Server = Garage;
+
+/// The SeaweedFS 4.48 that `integration/scripts/test-all.sh` starts beside
+/// Garage (`integration/scripts/seaweedfs.sh`) and describes in
+/// `SLUICE_SEAWEEDFS_*`, or `None` without one. `SLUICE_REQUIRE_SEAWEEDFS=1`,
+/// set by the test command, turns a missing one into a failure.
+pub fn seaweedfs() -> Option<S3Server> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let w = (|| {
+        Some(Garage {
+            endpoint: get("SLUICE_SEAWEEDFS_ENDPOINT")?,
+            region: get("SLUICE_SEAWEEDFS_REGION")?,
+            bucket: get("SLUICE_SEAWEEDFS_BUCKET")?,
+            key_id: get("SLUICE_SEAWEEDFS_KEY_ID")?,
+            secret: get("SLUICE_SEAWEEDFS_SECRET")?,
+        })
+    })();
+    if w.is_none() {
+        assert!(
+            get("SLUICE_REQUIRE_SEAWEEDFS").is_none(),
+            "SLUICE_REQUIRE_SEAWEEDFS is set but SLUICE_SEAWEEDFS_* are not: start it with integration/scripts/seaweedfs.sh"
+        );
+        eprintln!("skipped: no SeaweedFS (run integration/scripts/test-all.sh)");
+    }
+    w
+}
+
+/// Reads an `env.sh` that `garage.sh` or `seaweedfs.sh` wrote (lines
+/// `export NAME=VALUE`) into a server description: for a test that starts
+/// its own server.
+pub fn s3_server_from_env_file(path: &Path) -> S3Server {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let vars: std::collections::HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .collect();
+    let get = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| vars.get(n))
+            .unwrap_or_else(|| panic!("{} sets none of {names:?}", path.display()))
+            .to_string()
+    };
+    Garage {
+        endpoint: get(&["SLUICE_S3_ENDPOINT", "SLUICE_SEAWEEDFS_ENDPOINT"]),
+        region: get(&["SLUICE_S3_REGION", "SLUICE_SEAWEEDFS_REGION"]),
+        bucket: get(&["SLUICE_S3_BUCKET", "SLUICE_SEAWEEDFS_BUCKET"]),
+        key_id: get(&["AWS_ACCESS_KEY_ID", "SLUICE_SEAWEEDFS_KEY_ID"]),
+        secret: get(&["AWS_SECRET_ACCESS_KEY", "SLUICE_SEAWEEDFS_SECRET"]),
+    }
+}
+
 impl Garage {
+    /// The credentials as environment variables, for a child process (the
+    /// daemon, `sluice ls`) talking to this server.
+    pub fn env(&self) -> [(&'static str, &str); 3] {
+        [
+            ("AWS_ACCESS_KEY_ID", &self.key_id),
+            ("AWS_SECRET_ACCESS_KEY", &self.secret),
+            ("AWS_REGION", &self.region),
+        ]
+    }
+
     /// A replica URL under `prefix` in the test bucket.
     pub fn url(&self, prefix: &str) -> String {
         format!(

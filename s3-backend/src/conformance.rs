@@ -64,6 +64,17 @@ pub async fn run_all<S: ReplicaStore + ?Sized>(
     missing_keys(s, &format!("{prefix}missing/")).await?;
     put_get_overwrite(s, &format!("{prefix}rw/"), scratch).await?;
     put_if_absent(s, &format!("{prefix}cond/"), expect.conditional_put).await?;
+    racing_puts_if_absent(s, &format!("{prefix}race/"), expect.conditional_put).await?;
+    // Above the S3 part size in the tests (5 MiB): a multipart upload, whose
+    // condition goes on CompleteMultipartUpload.
+    large_put_if_absent(
+        s,
+        &format!("{prefix}condlarge/"),
+        scratch,
+        expect.conditional_put,
+        expect.large_object_bytes.min(6 << 20),
+    )
+    .await?;
     ranged_reads(s, &format!("{prefix}range/")).await?;
     listing(s, &format!("{prefix}list/")).await?;
     failed_put_leaves_nothing(s, &format!("{prefix}fail/"), scratch).await?;
@@ -184,6 +195,113 @@ pub async fn put_if_absent<S: ReplicaStore + ?Sized>(
         );
     }
     s.delete(&key).await?;
+    Ok(())
+}
+
+/// Four writers put-if-absent the same key at once: on a store that honours
+/// the condition exactly one wins and the object holds its bytes; on one
+/// that does not, every put succeeds and the object is one of them.
+pub async fn racing_puts_if_absent<S: ReplicaStore + ?Sized>(
+    s: &S,
+    p: &str,
+    conditional: bool,
+) -> Result<(), StoreError> {
+    let key = format!("{p}0000000000000001-0000000000000001.ltx");
+    let put = |n: u8| {
+        let key = key.clone();
+        async move {
+            let body = PutSource::Bytes(format!("racing writer {n}").into_bytes());
+            s.put(&key, &body, PutMode::Create).await
+        }
+    };
+    let results = tokio::join!(put(0), put(1), put(2), put(3));
+    let results = [results.0, results.1, results.2, results.3];
+    let now = read_all(s, &key).await?;
+    let won: Vec<usize> = (0..4).filter(|&i| results[i].is_ok()).collect();
+    for r in &results {
+        if let Err(e) = r {
+            ensure!(
+                conditional && e.is_already_exists(),
+                "racing put-if-absent failed with {e} (conditional: {conditional})"
+            );
+        }
+    }
+    if conditional {
+        ensure!(
+            won.len() == 1,
+            "racing put-if-absent: {} winners",
+            won.len()
+        );
+        ensure!(
+            now == format!("racing writer {}", won[0]).into_bytes(),
+            "the object does not hold the winner's bytes"
+        );
+    } else {
+        ensure!(
+            won.len() == 4,
+            "racing puts without conditions: {results:?}"
+        );
+        ensure!(
+            now.starts_with(b"racing writer "),
+            "the object holds none of the racing writers' bytes"
+        );
+    }
+    s.delete(&key).await?;
+    Ok(())
+}
+
+/// A put-if-absent of `size` bytes from a file over an existing key: on a
+/// store that honours the condition it is refused and the object keeps
+/// the first bytes; otherwise it overwrites them.
+pub async fn large_put_if_absent<S: ReplicaStore + ?Sized>(
+    s: &S,
+    p: &str,
+    scratch: &Path,
+    conditional: bool,
+    size: u64,
+) -> Result<(), StoreError> {
+    let file = |name: &str, seed: u64| -> Result<std::path::PathBuf, StoreError> {
+        let mut v = vec![0u8; size as usize];
+        pattern(seed, 0, &mut v);
+        let f = scratch.join(name);
+        std::fs::write(&f, v).map_err(|e| fail(e.to_string()))?;
+        Ok(f)
+    };
+    let (one, two) = (file("cond-one.bin", 1)?, file("cond-two.bin", 2)?);
+    let key = format!("{p}0000000000000001-0000000000000002.ltx");
+    s.put(&key, &PutSource::File(one.clone()), PutMode::Create)
+        .await?;
+    let second = s
+        .put(&key, &PutSource::File(two.clone()), PutMode::Create)
+        .await;
+    let first = s.get_range(&key, 0, 64).await?;
+    let mut want = vec![0u8; 64];
+    if conditional {
+        ensure!(
+            second.as_ref().is_err_and(|e| e.is_already_exists()),
+            "second put-if-absent of {size} bytes: want AlreadyExists, got {second:?}"
+        );
+        pattern(1, 0, &mut want);
+        ensure!(
+            first == want,
+            "a refused put of {size} bytes changed the object"
+        );
+    } else {
+        ensure!(second.is_ok(), "second put of {size} bytes: {second:?}");
+        pattern(2, 0, &mut want);
+        ensure!(
+            first == want,
+            "an unconditional put of {size} bytes kept the old bytes"
+        );
+    }
+    let listed = s.list(p, None).await?;
+    ensure!(
+        listed.len() == 1 && listed[0].size == size,
+        "after two puts of {size} bytes: {listed:?}"
+    );
+    s.delete(&key).await?;
+    let _ = std::fs::remove_file(one);
+    let _ = std::fs::remove_file(two);
     Ok(())
 }
 
