@@ -26,6 +26,11 @@
 #   sqlite-suite.sh compare-bindfs [compare options]
 #       compare with a fresh bindfs mount (a C passthrough) as the mount; it
 #       is unmounted on every exit path. Logs are kept when it fails.
+#   sqlite-suite.sh compare-passthrough [compare options]
+#       compare with fuse-fs's plain passthrough (the fuse_passthrough test
+#       tool, built and mounted here) as the mount; unmounted on every exit
+#       path. FUSE_PASSTHROUGH_BIN / FUSE_PASSTHROUGH_ARGS override the
+#       binary and add options.
 #
 # PATTERNs are shell globs on test file names without ".test" (default: wal*
 # journal* pager* lock* trans* rollback*). --bounded (the default) runs the
@@ -514,6 +519,49 @@ cmd_compare_bindfs() {
   return $rc
 }
 
+# ------------------------------------------------- compare-passthrough ------
+
+# compare with fuse-fs's own passthrough filesystem as the mount: the
+# `fuse_passthrough` test tool (integration/src/bin), no hooks. It is built
+# here and copied next to the mount (the shared target dir may be rebuilt by
+# others mid-run), unless FUSE_PASSTHROUGH_BIN names a binary. Extra
+# arguments for it go in FUSE_PASSTHROUGH_ARGS (e.g. --no-kernel-passthrough).
+cmd_compare_passthrough() {
+  local base rc=0 bin pid i
+  base=$(mktemp -d "${TMPDIR:-/tmp}/sqlite-suite-fusefs.XXXXXX")
+  mkdir -p "$base/backing" "$base/mnt" "$base/plain"
+  bin=${FUSE_PASSTHROUGH_BIN:-}
+  if [ -z "$bin" ]; then
+    timed "cargo build fuse_passthrough" \
+      bash -c "cd '$ROOT' && nice cargo build -q -p integration --bin fuse_passthrough" ||
+      die "building fuse_passthrough failed"
+    cp "${CARGO_TARGET_DIR:-$ROOT/target}/debug/fuse_passthrough" "$base/fuse_passthrough"
+    bin=$base/fuse_passthrough
+  fi
+  # shellcheck disable=SC2086 # FUSE_PASSTHROUGH_ARGS is a list of options
+  "$bin" "$base/backing" "$base/mnt" ${FUSE_PASSTHROUGH_ARGS:-} >"$base/fuse_passthrough.log" 2>&1 &
+  pid=$!
+  # shellcheck disable=SC2064
+  trap "kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; fusermount3 -u -z '$base/mnt' 2>/dev/null || true" EXIT
+  for i in $(seq 300); do
+    grep -q '^mounted ' "$base/fuse_passthrough.log" && break
+    kill -0 "$pid" 2>/dev/null || die "fuse_passthrough exited: $(cat "$base/fuse_passthrough.log")"
+    [ "$i" -lt 300 ] || die "fuse_passthrough did not mount within 30 s"
+    sleep 0.1
+  done
+  log "$(head -n1 "$base/fuse_passthrough.log")"
+  cmd_compare --mount "$base/mnt" --plain "$base/plain" "$@" || rc=$?
+  kill -TERM "$pid"
+  if ! wait "$pid"; then log "fuse_passthrough: $(tail -n 3 "$base/fuse_passthrough.log")"; fi
+  trap - EXIT
+  if [ $rc -eq 0 ]; then
+    rm -rf "$base"
+  else
+    log "logs kept: $base/plain/sqlite-suite and $base/backing/sqlite-suite (the mount's)"
+  fi
+  return $rc
+}
+
 main() {
   trap on_signal INT TERM
   [ $# -ge 1 ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d;s/^# \{0,1\}//'; exit 2; }
@@ -523,7 +571,8 @@ main() {
     run) cmd_run "$@" ;;
     compare) cmd_compare "$@" ;;
     compare-bindfs) cmd_compare_bindfs "$@" ;;
-    *) die "unknown command '$cmd' (install, run, compare, compare-bindfs)" ;;
+    compare-passthrough) cmd_compare_passthrough "$@" ;;
+    *) die "unknown command '$cmd' (install, run, compare, compare-bindfs, compare-passthrough)" ;;
   esac
 }
 
