@@ -35,7 +35,6 @@ use crate::state::write_json;
 use crate::wal::engine::table_sum;
 use crate::wal::error::{CaptureError, Result};
 use crate::wal::position::Position;
-use crate::wal::recover::read_wal_header;
 use crate::wal::source::{now_ms, wal_path};
 
 /// Where a transaction's pages are read from.
@@ -156,7 +155,7 @@ impl DbCapture {
     /// one, one L0 file each. Returns how many.
     pub fn wal_committed(&mut self, durable: bool) -> Result<usize> {
         let wp = wal_path(&self.db);
-        let Some(header) = read_wal_header(&wp)? else {
+        let Some(header) = live_wal_header(&wp)? else {
             return Ok(0);
         };
         let start = match &self.wal {
@@ -368,6 +367,26 @@ impl DbCapture {
 
 /// Reads page `pgno` of the transaction into `buf`: from its WAL frame, or
 /// from the database file; zeros where neither holds it.
+/// The header of the WAL at `wp`, or None when there is no WAL or its
+/// header is not valid. SQLite ignores such a WAL (a crash before its header
+/// was synced, or a file written over): recovery finds no frames, and the
+/// next commit starts the WAL again with a new header. So the write lock is
+/// released over it with nothing committed, which must not be an error (it
+/// would hold off every later writer).
+fn live_wal_header(wp: &Path) -> Result<Option<WalHeader>> {
+    let f = match File::open(wp) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(CaptureError::read(wp, e)),
+    };
+    let mut hb = [0u8; 32];
+    match f.read_exact_at(&mut hb, 0) {
+        Ok(()) => Ok(WalHeader::parse(&hb).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(CaptureError::read(wp, e)),
+    }
+}
+
 fn read_page(pages: &Pages<'_>, db: &File, pgno: u32, buf: &mut [u8]) -> std::io::Result<()> {
     let found = match pages {
         Pages::Wal(f, m) => match m.get(&pgno) {
