@@ -91,7 +91,7 @@ pub fn bundle_count(tail: &[u8]) -> Result<u32> {
 /// `count * BUNDLE_ENTRY` bytes before the tail, checking that they tile
 /// the bundle's data in TXID order.
 pub fn parse_entries(bytes: &[u8], size: u64) -> Result<Vec<BundleEntry>> {
-    if bytes.len() % BUNDLE_ENTRY != 0 {
+    if !bytes.len().is_multiple_of(BUNDLE_ENTRY) {
         return Err(invalid(
             "bundle entries: length is not a whole number of entries",
         ));

@@ -138,6 +138,22 @@ impl DbCapture {
         }
     }
 
+    /// Whether the database file's header gives another page size than the
+    /// one captured so far: a rollback-journal transaction changed it
+    /// (`PRAGMA page_size` then `VACUUM`, or a backup from a database of
+    /// another page size). Its pages cannot be read at the old size.
+    pub fn page_size_changed(&self) -> bool {
+        let mut b = [0u8; 2];
+        if self.db_file.read_exact_at(&mut b, 16).is_err() {
+            return false;
+        }
+        let ps = match u16::from_be_bytes(b) {
+            1 => 65536,
+            n => u32::from(n),
+        };
+        PageSize::new(ps).is_ok_and(|ps| ps != self.page_size)
+    }
+
     /// The capture of the file now at this database's path, continuing this
     /// history (a full-page file if it does not continue it).
     pub fn reopen(mut self) -> Result<DbCapture> {
@@ -373,7 +389,7 @@ impl DbCapture {
 /// next commit starts the WAL again with a new header. So the write lock is
 /// released over it with nothing committed, which must not be an error (it
 /// would hold off every later writer).
-fn live_wal_header(wp: &Path) -> Result<Option<WalHeader>> {
+pub(crate) fn live_wal_header(wp: &Path) -> Result<Option<WalHeader>> {
     let f = match File::open(wp) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
