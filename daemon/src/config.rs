@@ -234,11 +234,13 @@ pub struct MountConfig {
     pub data_dir: PathBuf,
     /// Where applications open them.
     pub mountpoint: PathBuf,
-    /// Replicas of every database: each URL gets the database's file name
-    /// appended to its path (`s3://b/app` → `s3://b/app/orders.db`).
+    /// Replicas of every database: each URL gets the database's path in the
+    /// data directory appended to its path (`s3://b/app` →
+    /// `s3://b/app/orders.db`, `s3://b/app/eu/orders.db`).
     #[serde(default)]
     pub replicas: Vec<ReplicaConfig>,
-    /// Per database file name: its own replicas (URLs used as given).
+    /// Per database (its path in the data directory, the file name for one
+    /// directly in it): its own replicas (URLs used as given).
     #[serde(default)]
     pub databases: std::collections::BTreeMap<String, MountDbConfig>,
     /// Upload cadence: under load, one upload round per interval; a

@@ -77,7 +77,7 @@ enum Command {
         data_dir: Option<PathBuf>,
         /// Where applications open them (an empty directory).
         mountpoint: Option<PathBuf>,
-        /// Replica URLs; each database goes to `<url>/<database file name>`.
+        /// Replica URLs; each database goes to `<url>/<its path in DATA_DIR>`.
         urls: Vec<String>,
         /// Serve Prometheus metrics and /healthz here.
         #[arg(long)]

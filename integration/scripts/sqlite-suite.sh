@@ -26,6 +26,20 @@
 #   sqlite-suite.sh compare-bindfs [compare options]
 #       compare with a fresh bindfs mount (a C passthrough) as the mount; it
 #       is unmounted on every exit path. Logs are kept when it fails.
+#   sqlite-suite.sh compare-passthrough [compare options]
+#       compare with fuse-fs's plain passthrough (the fuse_passthrough test
+#       tool, built and mounted here) as the mount; unmounted on every exit
+#       path. FUSE_PASSTHROUGH_BIN / FUSE_PASSTHROUGH_ARGS override the
+#       binary and add options.
+#   sqlite-suite.sh compare-sluice [compare options]
+#       compare with `sluice mount DATA MNT file://REPLICA` (the primary,
+#       capturing every transaction) as the mount; SIGTERM then a lazy
+#       unmount on every exit path. SLUICE_BIN names the binary (default:
+#       built here); SLUICE_SUITE_DIR keeps the run there.
+#   sqlite-suite.sh ci [compare options]
+#       compare-sluice --bounded, then exit 1 iff a mount-only failure is in
+#       a file not on the EXPECTED list (each entry gives its reason). What
+#       test-all.sh runs (4-6 min on 2 busy cores).
 #
 # PATTERNs are shell globs on test file names without ".test" (default: wal*
 # journal* pager* lock* trans* rollback*). --bounded (the default) runs the
@@ -133,7 +147,9 @@ cmd_install() {
   command -v bindfs >/dev/null 2>&1 || need+=(bindfs)
   command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
   command -v dpkg-source >/dev/null 2>&1 || need+=(dpkg-dev)
-  command -v gcc >/dev/null 2>&1 || need+=(gcc make)
+  command -v gcc >/dev/null 2>&1 || need+=(gcc)
+  command -v make >/dev/null 2>&1 || need+=(make)
+  command -v xz >/dev/null 2>&1 || need+=(xz-utils)
   if tf=$(testfixture_path); then
     if [ ${#need[@]} -gt 0 ]; then
       timed "apt-get update" apt-get update -qq
@@ -514,6 +530,185 @@ cmd_compare_bindfs() {
   return $rc
 }
 
+# ------------------------------------------------- compare-passthrough ------
+
+# compare with fuse-fs's own passthrough filesystem as the mount: the
+# `fuse_passthrough` test tool (integration/src/bin), no hooks. It is built
+# here and copied next to the mount (the shared target dir may be rebuilt by
+# others mid-run), unless FUSE_PASSTHROUGH_BIN names a binary. Extra
+# arguments for it go in FUSE_PASSTHROUGH_ARGS (e.g. --no-kernel-passthrough).
+# stop_passthrough PID BASE: SIGTERM (it unmounts), up to 15 s for it to go,
+# then a lazy unmount whatever happened.
+stop_passthrough() {
+  local pid=$1 base=$2 i
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 150); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "fuse_passthrough did not exit: $(tail -n 3 "$base/fuse_passthrough.log")"
+  fi
+  fusermount3 -u -z "$base/mnt" 2>/dev/null || true
+}
+
+cmd_compare_passthrough() {
+  local base rc=0 bin pid i
+  base=$(mktemp -d "${TMPDIR:-/tmp}/sqlite-suite-fusefs.XXXXXX")
+  mkdir -p "$base/backing" "$base/mnt" "$base/plain"
+  bin=${FUSE_PASSTHROUGH_BIN:-}
+  if [ -z "$bin" ]; then
+    timed "cargo build fuse_passthrough" \
+      bash -c "cd '$ROOT' && nice cargo build -q -p integration --bin fuse_passthrough" ||
+      die "building fuse_passthrough failed"
+    cp "${CARGO_TARGET_DIR:-$ROOT/target}/debug/fuse_passthrough" "$base/fuse_passthrough"
+    bin=$base/fuse_passthrough
+  fi
+  # Started from a subshell so it is not one of this shell's jobs: run_all
+  # counts and waits for jobs.
+  # shellcheck disable=SC2086 # FUSE_PASSTHROUGH_ARGS is a list of options
+  ( "$bin" "$base/backing" "$base/mnt" ${FUSE_PASSTHROUGH_ARGS:-} >"$base/fuse_passthrough.log" 2>&1 &
+    echo $! >"$base/fuse_passthrough.pid" )
+  pid=$(cat "$base/fuse_passthrough.pid")
+  # shellcheck disable=SC2064
+  trap "stop_passthrough $pid '$base'" EXIT
+  for i in $(seq 300); do
+    grep -q '^mounted ' "$base/fuse_passthrough.log" && break
+    kill -0 "$pid" 2>/dev/null || die "fuse_passthrough exited: $(cat "$base/fuse_passthrough.log")"
+    [ "$i" -lt 300 ] || die "fuse_passthrough did not mount within 30 s"
+    sleep 0.1
+  done
+  log "$(head -n1 "$base/fuse_passthrough.log")"
+  cmd_compare --mount "$base/mnt" --plain "$base/plain" "$@" || rc=$?
+  stop_passthrough "$pid" "$base"
+  trap - EXIT
+  if [ $rc -eq 0 ]; then
+    rm -rf "$base"
+  else
+    log "logs kept: $base/plain/sqlite-suite and $base/backing/sqlite-suite (the mount's)"
+  fi
+  return $rc
+}
+
+# ------------------------------------------------------ compare-sluice ------
+
+# stop_sluice PID MNT LOG: SIGTERM (sluice unmounts on it), up to 30 s for it
+# to go, then a lazy unmount whatever happened.
+stop_sluice() {
+  local pid=$1 mnt=$2 logf=$3 i
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 300); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "sluice did not exit within 30 s of SIGTERM: $(tail -n 3 "$logf")"
+  fi
+  fusermount3 -u -z "$mnt" 2>/dev/null || true
+}
+
+# compare with `sluice mount DATA MNT file://REPLICA` as the mount: the real
+# primary, capturing every transaction the tests make. The binary is
+# SLUICE_BIN, else the target dir's debug build (built here), copied aside
+# either way (the shared target dir may be rebuilt mid-run). Transactions the
+# primary refuses by design (see the README) fail tests here; compare still
+# reports them. SLUICE_SUITE_DIR keeps the run in that directory (default: a
+# fresh temp dir, removed when nothing failed).
+cmd_compare_sluice() {
+  local base rc=0 bin pid i
+  base=${SLUICE_SUITE_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/sqlite-suite-sluice.XXXXXX")}
+  [ ! -e "$base/mnt" ] || ! mountpoint -q "$base/mnt" || die "$base/mnt is still mounted"
+  rm -rf "${base:?}/data" "${base:?}/mnt" "${base:?}/plain" "${base:?}/replica"
+  mkdir -p "$base/data" "$base/mnt" "$base/plain" "$base/replica"
+  bin=${SLUICE_BIN:-}
+  if [ -z "$bin" ]; then
+    timed "cargo build sluice" bash -c "cd '$ROOT' && nice cargo build -q -p sluice" ||
+      die "building sluice failed"
+    bin=${CARGO_TARGET_DIR:-$ROOT/target}/debug/sluice
+  fi
+  [ -x "$bin" ] || die "no sluice binary at $bin"
+  cp "$bin" "$base/sluice"
+  # Started from a subshell so it is not one of this shell's jobs: run_all
+  # counts and waits for jobs.
+  ( "$base/sluice" mount "$base/data" "$base/mnt" "file://$base/replica" >"$base/sluice.log" 2>&1 &
+    echo $! >"$base/sluice.pid" )
+  pid=$(cat "$base/sluice.pid")
+  # shellcheck disable=SC2064
+  trap "stop_sluice $pid '$base/mnt' '$base/sluice.log'" EXIT
+  for i in $(seq 300); do
+    grep -q ' mounted' "$base/sluice.log" && mountpoint -q "$base/mnt" && break
+    kill -0 "$pid" 2>/dev/null || die "sluice mount exited: $(tail -n 20 "$base/sluice.log")"
+    [ "$i" -lt 300 ] || die "sluice did not mount within 30 s: $(tail -n 5 "$base/sluice.log")"
+    sleep 0.1
+  done
+  log "sluice mount $base/data on $base/mnt (pid $pid), replica file://$base/replica"
+  cmd_compare --mount "$base/mnt" --plain "$base/plain" "$@" || rc=$?
+  stop_sluice "$pid" "$base/mnt" "$base/sluice.log"
+  trap - EXIT
+  kill -0 "$pid" 2>/dev/null && log "warning: sluice (pid $pid) still running"
+  if [ $rc -eq 0 ] && [ -z "${SLUICE_SUITE_DIR:-}" ]; then
+    rm -rf "$base"
+  else
+    log "logs kept: $base/plain/sqlite-suite, $base/data/sqlite-suite (the mount's), $base/sluice.log"
+  fi
+  return $rc
+}
+
+# ------------------------------------------------------------------ ci ------
+
+# Test files that fail on `sluice mount` and not on a plain directory, by
+# design (README, "SQLite's test suite over the mount"). `ci` fails on a
+# mount-only failure in any other file. Reasons: EXCL = WAL with
+# locking_mode=EXCLUSIVE (or a test VFS keeping the WAL-index in memory):
+# refused, no commit signal; MEMOFF = journal_mode=MEMORY/OFF: refused;
+# COPY = the test writes database files itself (Tcl `file copy`,
+# hexio_write, db_save/db_restore): refused, not whole pages (EINVAL) or
+# not holding SQLite's write lock (EPERM); a refused copy fails every later
+# test of the file that uses it.
+declare -A EXPECTED=(
+  [journal2]="COPY: forcecopy test.db testX.db (EPERM)"
+  [lock5]="EPERM: the unix-dotfile VFS takes no POSIX locks, so its writes do not hold SQLite's write lock"
+  [pager1]="COPY (db_save/db_restore of hot journals), EXCL, MEMOFF; the refused copies crash the file"
+  [pager2]="MEMOFF: pager2-1.2.0 runs journal_mode=OFF/MEMORY; the file stops there"
+  [pager4]="MEMOFF: pager4-1.7/1.8 switch to journal_mode=OFF and MEMORY"
+  [wal]="COPY: wal-12.4 copies test.db with Tcl (EINVAL); the file stops there"
+  [wal2]="EXCL: wal2-5/6/11 use locking_mode=EXCLUSIVE in WAL mode; the file stops at wal2-11"
+  [wal3]="EXCL: wal3-3/6 run a testvfs whose WAL-index lives in memory; checkpoints write without a lock sluice can see (EPERM)"
+  [wal6]="MEMOFF: wal6-1.*.memory / .off"
+  [walbak]="page size: walbak-3.4 backs up into a database of another page size (refused: one page size per replicated database)"
+  [walcksum]="COPY: walcksum-1.big copies test.db and test.db-wal with Tcl (EINVAL); the file stops there"
+  [walfault2]="EXCL + COPY: faultsim_save_and_close copies files; locking_mode=EXCLUSIVE"
+  [walmode]="EXCL (false positive): leaving WAL mode rewrites the header under an exclusive lock after the WAL-index is closed, which looks like exclusive locking mode"
+  [walnoshm]="EXCL + COPY: locking_mode=EXCLUSIVE without shared memory; copies test.db with Tcl"
+  [waloverwrite]="COPY: copies test.db into test.db2 with Tcl (EPERM); the file stops there"
+  [walro2]="COPY: copies test.db with Tcl (EINVAL); the file stops there"
+  [walvfs]="EXCL: a test VFS (tvfs) without the -shm file's locks; writes by a checkpointer sluice cannot see hold no lock (EPERM)"
+)
+
+# ci [compare options]: compare-sluice (--bounded unless said otherwise),
+# then fails (exit 1) iff a test fails on the mount, not on the plain
+# directory, in a file missing from EXPECTED.
+cmd_ci() {
+  local out rc=0 unexpected
+  out=$(mktemp -d "${TMPDIR:-/tmp}/sqlite-suite-ci.XXXXXX")
+  SLUICE_SUITE_DIR=${SLUICE_SUITE_DIR:-$out/run} cmd_compare_sluice --bounded "$@" --out "$out/res" || rc=$?
+  [ -f "$out/res.mount-only.tsv" ] || die "compare-sluice wrote no results (exit $rc)"
+  unexpected=$(awk -F'\t' -v expected="${!EXPECTED[*]}" '
+    BEGIN { n = split(expected, e, " "); for (i = 1; i <= n; i++) ok[e[i]] = 1 }
+    NR > 1 && !($1 in ok) { print "  " $1 ": " $2 }' "$out/res.mount-only.tsv")
+  local files
+  files=$(awk -F'\t' 'NR > 1 { print $1 }' "$out/res.mount-only.tsv" | sort -u | tr '\n' ' ')
+  echo
+  echo "expected differences (by design, see the README): ${files:-none}"
+  if [ -n "$unexpected" ]; then
+    echo "UNEXPECTED failures on the mount only:"
+    printf '%s\n' "$unexpected"
+    return 1
+  fi
+  echo "no unexpected failure on the mount"
+  mountpoint -q "$out/run/mnt" 2>/dev/null || rm -rf "$out"
+}
+
 main() {
   trap on_signal INT TERM
   [ $# -ge 1 ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d;s/^# \{0,1\}//'; exit 2; }
@@ -523,7 +718,10 @@ main() {
     run) cmd_run "$@" ;;
     compare) cmd_compare "$@" ;;
     compare-bindfs) cmd_compare_bindfs "$@" ;;
-    *) die "unknown command '$cmd' (install, run, compare, compare-bindfs)" ;;
+    compare-passthrough) cmd_compare_passthrough "$@" ;;
+    compare-sluice) cmd_compare_sluice "$@" ;;
+    ci) cmd_ci "$@" ;;
+    *) die "unknown command '$cmd' (install, run, compare, compare-bindfs, compare-passthrough, compare-sluice, ci)" ;;
   esac
 }
 

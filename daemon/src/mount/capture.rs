@@ -35,7 +35,6 @@ use crate::state::write_json;
 use crate::wal::engine::table_sum;
 use crate::wal::error::{CaptureError, Result};
 use crate::wal::position::Position;
-use crate::wal::recover::read_wal_header;
 use crate::wal::source::{now_ms, wal_path};
 
 /// Where a transaction's pages are read from.
@@ -139,6 +138,22 @@ impl DbCapture {
         }
     }
 
+    /// Whether the database file's header gives another page size than the
+    /// one captured so far: a rollback-journal transaction changed it
+    /// (`PRAGMA page_size` then `VACUUM`, or a backup from a database of
+    /// another page size). Its pages cannot be read at the old size.
+    pub fn page_size_changed(&self) -> bool {
+        let mut b = [0u8; 2];
+        if self.db_file.read_exact_at(&mut b, 16).is_err() {
+            return false;
+        }
+        let ps = match u16::from_be_bytes(b) {
+            1 => 65536,
+            n => u32::from(n),
+        };
+        PageSize::new(ps).is_ok_and(|ps| ps != self.page_size)
+    }
+
     /// The capture of the file now at this database's path, continuing this
     /// history (a full-page file if it does not continue it).
     pub fn reopen(mut self) -> Result<DbCapture> {
@@ -156,7 +171,7 @@ impl DbCapture {
     /// one, one L0 file each. Returns how many.
     pub fn wal_committed(&mut self, durable: bool) -> Result<usize> {
         let wp = wal_path(&self.db);
-        let Some(header) = read_wal_header(&wp)? else {
+        let Some(header) = live_wal_header(&wp)? else {
             return Ok(0);
         };
         let start = match &self.wal {
@@ -368,6 +383,26 @@ impl DbCapture {
 
 /// Reads page `pgno` of the transaction into `buf`: from its WAL frame, or
 /// from the database file; zeros where neither holds it.
+/// The header of the WAL at `wp`, or None when there is no WAL or its
+/// header is not valid. SQLite ignores such a WAL (a crash before its header
+/// was synced, or a file written over): recovery finds no frames, and the
+/// next commit starts the WAL again with a new header. So the write lock is
+/// released over it with nothing committed, which must not be an error (it
+/// would hold off every later writer).
+pub(crate) fn live_wal_header(wp: &Path) -> Result<Option<WalHeader>> {
+    let f = match File::open(wp) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(CaptureError::read(wp, e)),
+    };
+    let mut hb = [0u8; 32];
+    match f.read_exact_at(&mut hb, 0) {
+        Ok(()) => Ok(WalHeader::parse(&hb).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(CaptureError::read(wp, e)),
+    }
+}
+
 fn read_page(pages: &Pages<'_>, db: &File, pgno: u32, buf: &mut [u8]) -> std::io::Result<()> {
     let found = match pages {
         Pages::Wal(f, m) => match m.get(&pgno) {

@@ -82,12 +82,32 @@ fn staging_root(m: &MountConfig) -> PathBuf {
     })
 }
 
+/// The name of the database at `db` (a backing path): its path relative to
+/// the data directory, so that databases of the same file name in different
+/// subdirectories get their own staging and replica (`a/app.db`, `b/app.db`);
+/// for a database directly in the data directory, its file name.
+fn db_name(m: &MountConfig, db: &Path) -> Result<String> {
+    let rel = db
+        .strip_prefix(&m.data_dir)
+        .ok()
+        .map(Path::to_path_buf)
+        .or_else(|| {
+            let canon = std::fs::canonicalize(&m.data_dir).ok()?;
+            db.strip_prefix(canon).ok().map(Path::to_path_buf)
+        })
+        .filter(|r| !r.as_os_str().is_empty());
+    let name = match &rel {
+        Some(r) => r.to_str(),
+        None => db.file_name().and_then(|n| n.to_str()),
+    };
+    name.map(str::to_string)
+        .context("a database without a UTF-8 file name")
+}
+
 /// How the database at `db` (in the mount's data directory) is replicated.
 pub fn spec_for(m: &MountConfig, db: &Path) -> Result<PipelineSpec> {
-    let name = db
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("a database without a file name")?;
+    let name = db_name(m, db)?;
+    let name = name.as_str();
     let replicas = match m.databases.get(name) {
         Some(d) => replica_specs(m, &d.replicas, None)?,
         None => replica_specs(m, &m.replicas, Some(name))?,

@@ -170,6 +170,9 @@ impl MountSink {
 
     /// The WAL write lock of `db` was released by its holder.
     pub fn wal_committed(&self, db: &Path, durable: bool) -> Result<(), CaptureError> {
+        if no_database_yet(db) {
+            return Ok(());
+        }
         let r = self.with_capture(db, |c| c.wal_committed(durable).map(|_| ()));
         if let Ok(d) = self.db(db, false) {
             d.behind
@@ -197,7 +200,23 @@ impl MountSink {
         journal: &Path,
         durable: bool,
     ) -> Result<(), CaptureError> {
-        self.with_capture(db, |c| c.journal_committing(journal, durable).map(|_| ()))
+        if no_database_yet(db) {
+            return Ok(());
+        }
+        self.with_capture(db, |c| {
+            if c.page_size_changed() {
+                // LTX files of one database share one page size: refusing
+                // the journal's invalidation leaves it hot, and the next
+                // connection rolls the transaction back.
+                return Err(CaptureError::read(
+                    db,
+                    std::io::Error::other(
+                        "refused: the transaction changes the page size (PRAGMA page_size with VACUUM, or a backup from a database of another page size), which a replicated database cannot do; its journal stays hot and the transaction is rolled back",
+                    ),
+                ));
+            }
+            c.journal_committing(journal, durable).map(|_| ())
+        })
     }
 
     /// Makes every deferred file durable and hands it over (the flusher
@@ -233,6 +252,17 @@ impl MountSink {
         }
         std::mem::take(&mut *self.pipelines.lock().unwrap_or_else(|p| p.into_inner()))
     }
+}
+
+/// Whether `db` holds no database yet: an empty file and no WAL with a valid
+/// header. A commit point then carries nothing (the first transaction of a
+/// new database rolled back, or wrote nothing), and there is nothing to
+/// capture from: SQLite sees an empty database.
+fn no_database_yet(db: &Path) -> bool {
+    let empty = std::fs::metadata(db).is_ok_and(|m| m.len() == 0);
+    empty
+        && super::capture::live_wal_header(&crate::wal::source::wal_path(db))
+            .is_ok_and(|h| h.is_none())
 }
 
 /// SQLite databases directly in `dir`: regular files starting with the

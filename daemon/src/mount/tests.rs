@@ -249,3 +249,42 @@ fn a_database_changed_behind_the_mount_gets_a_full_page_file() {
     let s = ltx_format::verify(std::io::BufReader::new(File::open(f2).unwrap())).unwrap();
     assert_eq!(s.trailer.post_apply_checksum, state(&e.db));
 }
+
+#[test]
+fn databases_of_the_same_name_in_different_subdirectories_get_their_own_staging_and_replica() {
+    let m: crate::config::MountConfig = serde_yaml_ng::from_str(
+        "data-dir: /srv/data\nmountpoint: /srv/mnt\nreplicas:\n  - url: file:///backup\n",
+    )
+    .unwrap();
+    let a = super::spec_for(&m, Path::new("/srv/data/a/app.db")).unwrap();
+    let b = super::spec_for(&m, Path::new("/srv/data/b/app.db")).unwrap();
+    let top = super::spec_for(&m, Path::new("/srv/data/app.db")).unwrap();
+    assert_eq!(a.staging.root(), Path::new("/srv/data.sluice/a/app.db"));
+    assert_eq!(b.staging.root(), Path::new("/srv/data.sluice/b/app.db"));
+    assert_eq!(top.staging.root(), Path::new("/srv/data.sluice/app.db"));
+    let url = |s: &crate::pipeline::PipelineSpec| match &s.replicas[0].url {
+        s3_backend::ReplicaUrl::File { root } => root.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(url(&a), Path::new("/backup/a/app.db"));
+    assert_eq!(url(&top), Path::new("/backup/app.db"));
+}
+
+#[test]
+fn a_wal_with_an_invalid_header_holds_no_commit_and_the_next_one_is_captured() {
+    let (e, c) = env("WAL");
+    let mut cap = open(&e);
+    drop(c);
+    // What a writer that crashed before syncing its WAL header can leave:
+    // SQLite ignores the whole file, and recovery releases the write lock.
+    let wal = crate::wal::source::wal_path(&e.db);
+    std::fs::write(&wal, [0x9f_u8; 4096]).unwrap();
+    assert_eq!(cap.wal_committed(true).unwrap(), 0);
+    let c = Connection::open(&e.db).unwrap();
+    c.execute("INSERT INTO t(v) VALUES ('after')", []).unwrap();
+    let want = state(&e.db);
+    assert_eq!(cap.wal_committed(true).unwrap(), 1);
+    assert_eq!(cap.txid(), Txid(2));
+    let out = e.staging.root().join("out.db");
+    assert_eq!(restored(&e.staging, 2, &out), want);
+}

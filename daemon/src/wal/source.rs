@@ -39,6 +39,14 @@ fn committed_wal(
     if len < 32 {
         return Ok(None);
     }
+    // SQLite ignores a WAL whose header is not valid (a crash before it was
+    // synced, an unknown version): it holds no commit.
+    let mut hb = [0u8; 32];
+    f.read_exact_at(&mut hb, 0)
+        .map_err(|e| CaptureError::read(wp, e))?;
+    if WalHeader::parse(&hb).is_err() {
+        return Ok(None);
+    }
     let mut reader =
         WalReader::new(std::io::BufReader::new(&f)).map_err(|e| CaptureError::read(wp, e))?;
     let header = *reader.header();

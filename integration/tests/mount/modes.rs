@@ -219,3 +219,51 @@ fn vacuum_with_a_large_wal_is_one_transaction() {
         assert_eq!(restore_at(&env.url(name), txid, &out), sum, "TXID {txid:x}");
     }
 }
+
+/// Found by SQLite's test suite over the mount (every test file uses
+/// `test.db` in its own directory; walbak-3.4 backs up into a database of
+/// another page size): databases of the same name in different
+/// subdirectories are replicated apart, and a transaction that changes the
+/// page size is refused (LTX files of one database share one page size) and
+/// rolled back, leaving every TXID restorable.
+#[test]
+fn same_names_in_subdirectories_apart_and_a_page_size_change_refused() {
+    let mut env = MountEnv::new();
+    env.start();
+    let mut all = Vec::new();
+    for (name, rows) in [("a/app.db", 3), ("b/app.db", 5)] {
+        std::fs::create_dir_all(env.db(name).parent().unwrap()).unwrap();
+        let c = open(&env.db(name), "DELETE");
+        c.execute_batch("PRAGMA page_size=1024; CREATE TABLE t(v BLOB)")
+            .unwrap();
+        for _ in 0..rows {
+            c.execute("INSERT INTO t(v) VALUES (randomblob(3000))", [])
+                .unwrap();
+            all.push((name, env.txid(name), state(&env.backing(name))));
+        }
+        let e = c
+            .execute_batch("PRAGMA page_size=4096; VACUUM")
+            .expect_err("a page size change is refused");
+        assert!(e.to_string().contains("disk I/O error"), "{e}");
+        drop(c);
+        let c = open(&env.db(name), "DELETE");
+        let ps: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((ps, n), (1024, rows), "rolled back");
+        c.execute("INSERT INTO t(v) VALUES (randomblob(100))", [])
+            .unwrap();
+        all.push((name, env.txid(name), state(&env.backing(name))));
+    }
+    assert_eq!(env.stop(), Some(0), "{}", env.log_text());
+    assert!(env.log_text().contains("changes the page size"));
+    let out = env.dir().join("restored.db");
+    for (name, txid, sum) in &all {
+        assert_eq!(
+            &restore_at(&env.url(name), *txid, &out),
+            sum,
+            "{name} at TXID {txid:x}"
+        );
+    }
+}
