@@ -8,7 +8,8 @@
 #   integration/scripts/bench-mount.sh [--quick] [--phases tx,scan,bulk] [--duration SECS]
 #       [--count N] [--scan-mib N] [--bulk N] [--sluice-log-level LEVEL] [--keep]
 # Needs: fuse3 and bindfs (integration/scripts/install-deps.sh); root for the
-# cold scans (drop_caches). About 4 minutes on 2 cores; uses about 1 GiB of
+# cold scans (drop_caches). About 8 minutes on 2 cores (5 of them the replica
+# catching up after the bulk load); uses about 1 GiB of
 # disk under ${TMPDIR:-/tmp}.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
