@@ -6,7 +6,7 @@
 # 100,000-transaction bulk load. One run; prints figures and ratios
 # (integration/src/bin/bench_mount.rs explains each measurement).
 #   integration/scripts/bench-mount.sh [--quick] [--phases tx,scan,bulk] [--duration SECS]
-#       [--count N] [--scan-mib N] [--bulk N] [--sluice-log-level LEVEL] [--keep]
+#       [--count N] [--scan-mib N] [--bulk N] [--catch-up-secs N] [--sluice-log-level LEVEL] [--keep]
 # Needs: fuse3 and bindfs (integration/scripts/install-deps.sh); root for the
 # cold scans (drop_caches). About 8 minutes on 2 cores (5 of them the replica
 # catching up after the bulk load); uses about 1 GiB of
