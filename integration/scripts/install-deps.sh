@@ -12,6 +12,8 @@ log() { printf '[install-deps] %s\n' "$*" >&2; }
 need_apt=()
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+# bindfs: the plain FUSE passthrough integration/scripts/bench-mount.sh compares with.
+command -v bindfs >/dev/null 2>&1 || need_apt+=(bindfs)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 # systemd-analyze, for integration/scripts/systemd-check.sh (verify, security).
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
