@@ -8,6 +8,8 @@ mod config;
 mod demo;
 mod failpoint;
 mod pipeline;
+#[allow(dead_code)] // until `sluice replica` is wired (next commits)
+mod replica;
 mod replicate;
 mod staging;
 mod state;

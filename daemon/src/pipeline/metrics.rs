@@ -176,8 +176,25 @@ impl Metrics {
     }
 }
 
+/// What `/metrics` and `/healthz` report: `sluice replicate`'s [`Metrics`],
+/// or another command's.
+pub trait Exporter: Send + Sync + 'static {
+    fn render(&self) -> String;
+    fn health(&self) -> Result<(), Vec<String>>;
+}
+
+impl Exporter for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+
+    fn health(&self) -> Result<(), Vec<String>> {
+        Metrics::health(self)
+    }
+}
+
 /// Serves `/metrics` and `/healthz` until the process ends.
-pub async fn serve(addr: String, metrics: Arc<Metrics>) {
+pub async fn serve<M: Exporter>(addr: String, metrics: Arc<M>) {
     let listener = match TcpListener::bind(&addr).await {
         Ok(l) => l,
         Err(e) => {
