@@ -1,6 +1,38 @@
-//! FUSE filesystems for Sluice: the primary passthrough that captures
-//! transactions, and the read-only replica mount.
+//! The FUSE foundation both Sluice filesystems share: the primary passthrough
+//! that captures transactions and the read-only replica mount.
 //!
-//! Not built yet: this crate holds no code until the FUSE issues are taken.
-//! It is kept in the workspace so the dependency direction
-//! (`fuse-fs ← daemon`, and no S3 or shipping knowledge here) is fixed early.
+//! - [`locks`]: the POSIX byte-range lock table and the queue of blocking
+//!   requests (pure logic, no FUSE types).
+//! - [`lock_service`]: that table shared by a mount's threads, with a timer
+//!   for waiters and per-owner gates.
+//! - [`inodes`], [`handles`], [`attr`]: the passthrough plumbing (inode
+//!   numbers and paths, open handles and kernel backing files, attributes).
+//! - [`PassthroughFs`]: a passthrough filesystem over a data directory,
+//!   steered by [`Hooks`].
+//! - [`mount()`](mount::mount) and friends: mounting, unmounting, stale
+//!   mounts, and the errors that say what to fix.
+//!
+//! This crate knows nothing of S3, LTX shipping or the daemon.
+
+pub mod attr;
+pub mod handles;
+pub mod hooks;
+pub mod inodes;
+pub mod lock_service;
+pub mod locks;
+pub mod mount;
+mod passthrough;
+mod sync;
+
+pub use hooks::{
+    Caller, CloseEvent, Errno, Hooks, LockAttempt, LockGranted, LocksReleased, NoHooks, OpenEvent,
+    OpenMode, ReleaseCause, ServedAs, TruncateEvent, WriteEvent,
+};
+pub use locks::{ByteRange, Lock, LockKind, LockTable, EOF};
+pub use mount::{
+    check_data_dir, check_fuse, check_mountpoint, clear_stale_mount, mount, mount_passthrough,
+    mount_state, unmount_path, MountConfig, MountError, MountState, Mounted,
+};
+pub use passthrough::{
+    FsHandle, PassthroughFs, PassthroughOptions, PassthroughStatus, FS_OWNER_BASE,
+};
