@@ -115,7 +115,54 @@ pub struct Config {
     /// `error`, `warn`, `info`, `debug`, `trace`, or an `EnvFilter` directive.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// Databases `sluice replicate` watches.
+    #[serde(default)]
     pub dbs: Vec<DbConfig>,
+    /// Read-only replicas `sluice replica` mounts.
+    #[serde(default)]
+    pub replica_mounts: Vec<ReplicaMountConfig>,
+}
+
+/// One read-only replica mount (`sluice replica`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ReplicaMountConfig {
+    /// The database's replica URL, or with `db` the URL holding databases by
+    /// name (as `sluice mount` writes them).
+    pub url: String,
+    /// Where the database appears (an existing empty directory).
+    pub mountpoint: PathBuf,
+    /// The database's name under `url`; also the file name served.
+    #[serde(default)]
+    pub db: Option<String>,
+    /// How often the store is asked for new files. Default 1s.
+    #[serde(default = "default_sync_interval")]
+    pub poll_interval: Dur,
+    /// The local copy and its position. Default
+    /// `.<mountpoint name>.sluice-replica` beside the mountpoint.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl ReplicaMountConfig {
+    fn validate(&self) -> Result<()> {
+        ReplicaUrl::parse(&self.url)?;
+        if !self.mountpoint.is_absolute() {
+            bail!(
+                "mountpoint: {} must be an absolute path",
+                self.mountpoint.display()
+            );
+        }
+        if self.poll_interval.0 < Duration::from_millis(10) {
+            bail!("poll-interval: must be at least 10ms");
+        }
+        if let Some(d) = &self.db {
+            if d.is_empty() || d.contains('/') || d.ends_with("-pos") || d.ends_with("-lag") {
+                bail!("db: {d:?} cannot be a database file name");
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_sync_interval() -> Dur {
@@ -285,8 +332,12 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.dbs.is_empty() {
-            bail!("dbs: no databases configured");
+        if self.dbs.is_empty() && self.replica_mounts.is_empty() {
+            bail!("dbs: no databases configured (and no replica-mounts)");
+        }
+        for (i, m) in self.replica_mounts.iter().enumerate() {
+            m.validate()
+                .with_context(|| format!("replica-mounts[{i}]"))?;
         }
         for (i, db) in self.dbs.iter().enumerate() {
             if !db.path.is_absolute() {

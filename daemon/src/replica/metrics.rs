@@ -82,6 +82,11 @@ impl Metrics {
         self.dbs.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// One status line per database (SIGUSR1).
+    pub fn status_lines(&self) -> Vec<String> {
+        self.all().iter().map(|d| d.status_line()).collect()
+    }
+
     pub fn render(&self) -> String {
         let dbs = self.all();
         let rows: [(&str, &str, Gauge); 11] = [

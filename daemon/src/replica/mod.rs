@@ -13,12 +13,14 @@
 //! - [`apply`], [`redo`]: applying a step all at once and crash-safely;
 //! - [`position`]: the cache directory and the persisted position;
 //! - [`served`]: what readers see (patched header), position and lag;
-//! - [`store`]: GET/LIST counting; [`metrics`]: Prometheus, status line.
+//! - [`store`]: GET/LIST counting; [`metrics`]: Prometheus, status line;
+//! - [`mount`]: the command: followers served through FUSE mounts.
 
 pub mod apply;
 pub mod cache;
 pub mod follow;
 pub mod metrics;
+pub mod mount;
 pub mod position;
 pub mod redo;
 pub mod served;
