@@ -548,4 +548,28 @@ mod example_tests {
         assert_eq!(cfg.dbs[0].replicas.len(), 3);
         assert!(cfg.dbs[0].replicas[1].litestream_compatible);
     }
+
+    #[test]
+    fn replica_mounts_parse_and_bad_ones_say_what_to_fix() {
+        let cfg = Config::parse(
+            "replica-mounts:\n  - url: s3://b/app?endpoint=http://127.0.0.1:3900\n    mountpoint: /mnt/app\n    db: app.db\n    poll-interval: 250ms\n    cache-dir: /var/cache/app\n  - url: file:///r/x\n    mountpoint: /mnt/x\n",
+        )
+        .unwrap();
+        assert!(cfg.dbs.is_empty());
+        let m = &cfg.replica_mounts;
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].db.as_deref(), Some("app.db"));
+        assert_eq!(m[0].poll_interval.0, Duration::from_millis(250));
+        assert_eq!(m[1].poll_interval.0, Duration::from_secs(1));
+        assert_eq!(m[1].cache_dir, None);
+        let bad = |yaml: &str| format!("{:#}", Config::parse(yaml).unwrap_err());
+        assert_eq!(
+            bad("replica-mounts:\n  - url: file:///r\n    mountpoint: mnt\n"),
+            "replica-mounts[0]: mountpoint: mnt must be an absolute path"
+        );
+        assert_eq!(
+            bad("replica-mounts:\n  - url: file:///r\n    mountpoint: /m\n    db: a/b\n"),
+            "replica-mounts[0]: db: \"a/b\" cannot be a database file name"
+        );
+    }
 }

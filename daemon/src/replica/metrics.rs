@@ -23,6 +23,8 @@ pub struct DbMetrics {
     pub verify_failures: AtomicU64,
     /// Polls that failed (store unreachable, I/O).
     pub errors: AtomicU64,
+    /// Where it is mounted: a label, as one database may be mounted twice.
+    pub mountpoint: std::sync::OnceLock<String>,
 }
 
 impl DbMetrics {
@@ -36,6 +38,7 @@ impl DbMetrics {
             restores: AtomicU64::new(0),
             verify_failures: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            mountpoint: std::sync::OnceLock::new(),
         }
     }
 
@@ -128,7 +131,11 @@ impl Metrics {
         for (name, kind, f) in rows {
             let _ = writeln!(o, "# TYPE {name} {kind}");
             for d in &dbs {
-                let _ = writeln!(o, "{name}{{db=\"{}\"}} {}", esc(&d.served.name), f(d));
+                let mnt = d
+                    .mountpoint
+                    .get()
+                    .map_or(String::new(), |m| format!(",mountpoint=\"{}\"", esc(m)));
+                let _ = writeln!(o, "{name}{{db=\"{}\"{mnt}}} {}", esc(&d.served.name), f(d));
             }
         }
         o

@@ -155,11 +155,21 @@ async fn start(spec: &MountSpec, metrics: &Metrics, stop: &CancellationToken) ->
         .with_context(|| format!("{what}: cannot reach the store"))?;
     let mut follower = Follower::start(follow, counters, store)
         .await
-        .with_context(|| format!("{what}: cannot start"))?;
+        .with_context(|| match &spec.db {
+            Some(n) => format!(
+                "{what}: cannot start (is {n:?} a database under {}? check --db / db:)",
+                spec.url
+            ),
+            None => format!("{what}: cannot start"),
+        })?;
     let served = follower.served.clone();
     let mnt = spec.mountpoint.clone();
     let (mounted, lock) = tokio::task::spawn_blocking(move || mount_one(served, &mnt)).await??;
     follower.set_gate(Arc::new(MountGate(lock)));
+    let _ = follower
+        .metrics
+        .mountpoint
+        .set(mounted.mountpoint().display().to_string());
     metrics.add(follower.metrics.clone());
     info!(
         "{what}: serving {} (txid {})",

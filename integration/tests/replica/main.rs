@@ -5,6 +5,7 @@
 //! read it. Every mount is unmounted when its guard drops, even when a
 //! test fails. A module per theme.
 
+mod bad_input;
 mod corruption;
 mod follow;
 
@@ -32,7 +33,7 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn is_mounted(mnt: &Path) -> bool {
+pub fn is_mounted(mnt: &Path) -> bool {
     let m = s(mnt);
     std::fs::read_to_string("/proc/mounts")
         .unwrap_or_default()
@@ -53,6 +54,13 @@ impl Replica {
     /// Starts `sluice replica URL MNT ARGS…` and waits (bounded) until the
     /// database is served.
     pub fn start(url: &str, mnt: &Path, name: &str, args: &[&str]) -> Replica {
+        let mut all = vec![url, s(mnt)];
+        all.extend_from_slice(args);
+        Replica::spawn(&all, mnt, name)
+    }
+
+    /// Starts `sluice replica ARGS…`; waits until `mnt/name` is served.
+    pub fn spawn(args: &[&str], mnt: &Path, name: &str) -> Replica {
         std::fs::create_dir_all(mnt).unwrap();
         let log = mnt.with_extension("log");
         let f = std::fs::OpenOptions::new()
@@ -61,7 +69,7 @@ impl Replica {
             .open(&log)
             .unwrap();
         let child = Command::new(sluice_bin())
-            .args(["replica", url, s(mnt)])
+            .arg("replica")
             .args(args)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
