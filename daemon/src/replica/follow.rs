@@ -460,7 +460,12 @@ impl Follower {
         let (txid, ts, want) = (r.txid, r.timestamp_ms.unwrap_or(0), r.checksum);
         tokio::task::spawn_blocking(move || -> Result<CacheDb> {
             let file = File::options().read(true).write(true).open(&out)?;
-            allocate_all(&file)?;
+            allocate_all(&file).with_context(|| {
+                format!(
+                    "cannot allocate {} (is the cache disk full?)",
+                    out.display()
+                )
+            })?;
             let cache = CacheDb::load(file, ps, txid, ts)?;
             if cache.checksum != want {
                 bail!(

@@ -125,3 +125,61 @@ fn a_config_serves_several_replicas_with_metrics_and_status_lines() {
     assert!(!is_mounted(&m2), "the second mount is left behind");
     d.stop_ok();
 }
+
+/// A tmpfs of `size` at `dir`, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                s(dir),
+            ])
+            .status()
+            .is_ok_and(|st| st.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").args(["-l", s(&self.0)]).status();
+    }
+}
+
+#[test]
+fn a_full_cache_disk_is_a_clear_error() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Setup::new().build();
+    let d = env.start_ready();
+    env.app()
+        .execute(
+            "INSERT INTO t(v, b) VALUES ('big', randomblob(2000000))",
+            [],
+        )
+        .unwrap();
+    env.settle();
+    let Some(_cache) = Tmpfs::mount(&env.path("cache"), "256k") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let mnt = env.path("mnt");
+    let e = fails(
+        &[&env.url, s(&mnt), "--cache-dir", s(&env.path("cache"))],
+        &mnt,
+    );
+    assert!(
+        e.contains("No space left on device") || e.contains("disk full"),
+        "{e}"
+    );
+    eprintln!("full cache disk: {e}");
+    d.stop_ok();
+}
