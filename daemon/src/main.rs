@@ -187,6 +187,11 @@ fn replicate_cmd(
         }
         _ => anyhow::bail!("give --config FILE, or DB_PATH REPLICA_URL"),
     };
+    if cfg.dbs.is_empty() {
+        anyhow::bail!(
+            "dbs: no databases configured (replica-mounts are served by `sluice replica`)"
+        );
+    }
     if metrics_addr.is_some() {
         cfg.metrics_addr = metrics_addr;
     }
