@@ -121,6 +121,51 @@ pub struct Config {
     /// FUSE primaries `sluice mount` serves.
     #[serde(default)]
     pub mounts: Vec<MountConfig>,
+    /// Read-only replicas `sluice replica` mounts.
+    #[serde(default)]
+    pub replica_mounts: Vec<ReplicaMountConfig>,
+}
+
+/// One read-only replica mount (`sluice replica`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ReplicaMountConfig {
+    /// The database's replica URL, or with `db` the URL holding databases by
+    /// name (as `sluice mount` writes them).
+    pub url: String,
+    /// Where the database appears (an existing empty directory).
+    pub mountpoint: PathBuf,
+    /// The database's name under `url`; also the file name served.
+    #[serde(default)]
+    pub db: Option<String>,
+    /// How often the store is asked for new files. Default 1s.
+    #[serde(default = "default_sync_interval")]
+    pub poll_interval: Dur,
+    /// The local copy and its position. Default
+    /// `.<mountpoint name>.sluice-replica` beside the mountpoint.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl ReplicaMountConfig {
+    fn validate(&self) -> Result<()> {
+        ReplicaUrl::parse(&self.url)?;
+        if !self.mountpoint.is_absolute() {
+            bail!(
+                "mountpoint: {} must be an absolute path",
+                self.mountpoint.display()
+            );
+        }
+        if self.poll_interval.0 < Duration::from_millis(10) {
+            bail!("poll-interval: must be at least 10ms");
+        }
+        if let Some(d) = &self.db {
+            if d.is_empty() || d.contains('/') || d.ends_with("-pos") || d.ends_with("-lag") {
+                bail!("db: {d:?} cannot be a database file name");
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_sync_interval() -> Dur {
@@ -374,8 +419,12 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.dbs.is_empty() && self.mounts.is_empty() {
-            bail!("dbs: no databases configured (and no mounts)");
+        if self.dbs.is_empty() && self.mounts.is_empty() && self.replica_mounts.is_empty() {
+            bail!("dbs: no databases configured (and no mounts or replica-mounts)");
+        }
+        for (i, m) in self.replica_mounts.iter().enumerate() {
+            m.validate()
+                .with_context(|| format!("replica-mounts[{i}]"))?;
         }
         for (i, m) in self.mounts.iter().enumerate() {
             m.validate().with_context(|| format!("mounts[{i}]"))?;
@@ -597,5 +646,29 @@ mod example_tests {
         let m = &cfg.mounts[0];
         assert_eq!(m.databases["orders.db"].replicas.len(), 1);
         assert_eq!(m.sync_interval.0, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn replica_mounts_parse_and_bad_ones_say_what_to_fix() {
+        let cfg = Config::parse(
+            "replica-mounts:\n  - url: s3://b/app?endpoint=http://127.0.0.1:3900\n    mountpoint: /mnt/app\n    db: app.db\n    poll-interval: 250ms\n    cache-dir: /var/cache/app\n  - url: file:///r/x\n    mountpoint: /mnt/x\n",
+        )
+        .unwrap();
+        assert!(cfg.dbs.is_empty());
+        let m = &cfg.replica_mounts;
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].db.as_deref(), Some("app.db"));
+        assert_eq!(m[0].poll_interval.0, Duration::from_millis(250));
+        assert_eq!(m[1].poll_interval.0, Duration::from_secs(1));
+        assert_eq!(m[1].cache_dir, None);
+        let bad = |yaml: &str| format!("{:#}", Config::parse(yaml).unwrap_err());
+        assert_eq!(
+            bad("replica-mounts:\n  - url: file:///r\n    mountpoint: mnt\n"),
+            "replica-mounts[0]: mountpoint: mnt must be an absolute path"
+        );
+        assert_eq!(
+            bad("replica-mounts:\n  - url: file:///r\n    mountpoint: /m\n    db: a/b\n"),
+            "replica-mounts[0]: db: \"a/b\" cannot be a database file name"
+        );
     }
 }

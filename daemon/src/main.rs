@@ -12,6 +12,7 @@ mod drill;
 mod failpoint;
 mod mount;
 mod pipeline;
+mod replica;
 mod replicate;
 mod scheduled_drill;
 mod staging;
@@ -90,6 +91,9 @@ enum Command {
     /// everything, report RPO and RTO (exit 1 on a failed check, 2 when the
     /// drill cannot run).
     Drill(cmd_drill::DrillArgs),
+    /// Mount read-only replicas that follow their bucket: any SQLite client
+    /// can open MOUNTPOINT/NAME; `NAME-pos` and `NAME-lag` tell where it is.
+    Replica(ReplicaArgs),
     /// Run the built-in example: a WAL-mode database replicated to a local
     /// `file://` replica, restored, and compared with the source.
     Demo {
@@ -101,6 +105,37 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         transactions: u32,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplicaArgs {
+    /// YAML configuration with a `replica-mounts:` list (several replicas
+    /// in one process).
+    #[arg(long, short = 'c', conflicts_with_all = ["url", "mountpoint", "db", "cache_dir"])]
+    config: Option<PathBuf>,
+    /// The database's replica (as given to `sluice replicate`), or with
+    /// --db the replica holding databases by name.
+    #[arg(requires = "mountpoint")]
+    url: Option<String>,
+    /// An existing empty directory; the database appears in it.
+    mountpoint: Option<PathBuf>,
+    /// The database's name under REPLICA_URL, also its file name in the
+    /// mount. Default: the last component of REPLICA_URL.
+    #[arg(long)]
+    db: Option<String>,
+    /// How often the store is asked for new files.
+    #[arg(long, default_value = "1s", value_parser = config::parse_duration)]
+    poll_interval: std::time::Duration,
+    /// The local copy and its position (default: `.<mountpoint
+    /// name>.sluice-replica` beside the mountpoint).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics and /healthz here.
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +217,11 @@ fn replicate_cmd(
         }
         _ => anyhow::bail!("give --config FILE, or DB_PATH REPLICA_URL"),
     };
+    if cfg.dbs.is_empty() {
+        anyhow::bail!(
+            "dbs: no databases configured (replica-mounts are served by `sluice replica`)"
+        );
+    }
     if metrics_addr.is_some() {
         cfg.metrics_addr = metrics_addr;
     }
@@ -233,6 +273,50 @@ fn mount_cmd(
     mount::run(cfg)
 }
 
+fn replica_cmd(a: ReplicaArgs) -> anyhow::Result<ExitCode> {
+    use replica::mount::MountSpec;
+    let (specs, metrics_addr, format, level) = match (a.config, a.url, a.mountpoint) {
+        (Some(p), _, _) => {
+            let cfg = config::Config::load(&p)?;
+            if cfg.replica_mounts.is_empty() {
+                anyhow::bail!("config {}: no replica-mounts configured", p.display());
+            }
+            let mut specs = Vec::new();
+            for m in cfg.replica_mounts {
+                specs.push(MountSpec {
+                    url: s3_backend::ReplicaUrl::parse(&m.url)?,
+                    db: m.db,
+                    mountpoint: m.mountpoint,
+                    poll_interval: m.poll_interval.0,
+                    cache_dir: m.cache_dir,
+                });
+            }
+            (specs, cfg.metrics_addr, cfg.log_format, cfg.log_level)
+        }
+        (None, Some(url), Some(mountpoint)) => {
+            if a.poll_interval < std::time::Duration::from_millis(10) {
+                anyhow::bail!("--poll-interval must be at least 10ms");
+            }
+            let spec = MountSpec {
+                url: s3_backend::ReplicaUrl::parse(&url)?,
+                db: a.db,
+                mountpoint,
+                poll_interval: a.poll_interval,
+                cache_dir: a.cache_dir,
+            };
+            (vec![spec], None, config::LogFormat::Text, None)
+        }
+        _ => anyhow::bail!("give --config FILE, or REPLICA_URL MOUNTPOINT"),
+    };
+    let format = if a.log_json {
+        config::LogFormat::Json
+    } else {
+        format
+    };
+    init_logging(format, level.as_deref());
+    replica::mount::run(specs, a.metrics_addr.or(metrics_addr))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -252,6 +336,7 @@ fn main() -> ExitCode {
         Command::Ls { url, json } => cmd_ls::run(&url, json),
         Command::Restore(args) => cmd_restore::run(args),
         Command::Drill(args) => cmd_drill::run(args),
+        Command::Replica(args) => replica_cmd(args),
         Command::Replicate {
             config,
             db,

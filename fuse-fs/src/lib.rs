@@ -11,6 +11,8 @@
 //!   steered by [`Hooks`].
 //! - [`mount()`](mount::mount) and friends: mounting, unmounting, stale
 //!   mounts, and the errors that say what to fix.
+//! - [`replica`]: the read-only replica filesystem, served from a
+//!   [`ReplicaSource`] the daemon implements.
 //!
 //! This crate knows nothing of S3, LTX shipping or the daemon.
 
@@ -23,6 +25,7 @@ pub mod locks;
 pub mod mount;
 mod passthrough;
 pub mod primary;
+pub mod replica;
 mod sync;
 
 pub use hooks::{
@@ -37,3 +40,4 @@ pub use mount::{
 pub use passthrough::{
     FsHandle, PassthroughFs, PassthroughOptions, PassthroughStatus, FS_OWNER_BASE,
 };
+pub use replica::{mount_replica, ReplicaFs, ReplicaHandle, ReplicaSource, StepLock};

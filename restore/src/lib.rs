@@ -29,5 +29,5 @@ pub use error::RestoreError;
 pub use execute::{
     list_files, resolve_timestamp, restore, IntegrityCheck, Options, Restored, Verify,
 };
-pub use plan::{plan, FileInfo, Plan, PlanError, Target, TimeSearch};
+pub use plan::{chain_from, plan, FileInfo, Plan, PlanError, Target, TimeSearch};
 pub use progress::{NoProgress, Progress};

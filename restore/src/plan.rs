@@ -216,6 +216,26 @@ fn reach_from(
     reach
 }
 
+/// The incremental files (no snapshots) that take a database at TXID `from`
+/// as far forward as any chain in `files` goes, the fewest files first, then
+/// the fewest bytes; empty when no file continues `from`. A replica that
+/// follows a bucket fast-forwards along it.
+pub fn chain_from(files: &[FileInfo], from: Txid) -> Vec<FileInfo> {
+    let edges = edges_in_order(files);
+    let reach = reach_from(files, &edges, from.0, (0, 0), u64::MAX);
+    let Some((_, node)) = reach.iter().next_back() else {
+        return Vec::new();
+    };
+    let mut chain = Vec::with_capacity(node.cost.0);
+    let mut cur = *node;
+    while let Some((prev, i)) = cur.via {
+        chain.push(files[i].clone());
+        cur = reach[&prev];
+    }
+    chain.reverse();
+    chain
+}
+
 /// Every TXID some chain can restore exactly, from any snapshot.
 pub fn restorable_txids(files: &[FileInfo]) -> BTreeSet<u64> {
     let mut reach: BTreeSet<u64> = snapshots_by_max(files).keys().copied().collect();
@@ -437,6 +457,29 @@ mod tests {
         1:1-1:679 1:2-4:1083 1:5-b:3755 1:c-11:6102 1:12-14:3881 \
         2:1-1:679 2:2-11:6102 2:12-14:3881 \
         9:1-1:679 9:1-11:6102 9:1-14:6165";
+
+    #[test]
+    fn chains_forward_from_a_position() {
+        let names = |c: &[FileInfo]| {
+            c.iter()
+                .map(|f| format!("{}:{:x}-{:x}", f.level, f.min.0, f.max.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let files = listing(VECTORS);
+        // Fewest files to the newest TXID; snapshots are never steps.
+        // Equal cost (files, bytes): the higher level is taken.
+        assert_eq!(names(&chain_from(&files, Txid(0xd))), "2:2-11 2:12-14");
+        assert_eq!(names(&chain_from(&files, Txid(0x11))), "2:12-14");
+        assert_eq!(names(&chain_from(&files, Txid(0x14))), "");
+        // A gap: L0 files after 5 are gone and no compaction covers 6-7.
+        let gap = listing("0:3-3 0:4-4 0:5-5 0:8-8 0:9-9");
+        assert_eq!(names(&chain_from(&gap, Txid(3))), "0:4-4 0:5-5");
+        assert_eq!(names(&chain_from(&gap, Txid(6))), "");
+        // Overlap is allowed: an L1 file starting before the position.
+        let over = listing("1:2-8 0:9-9");
+        assert_eq!(names(&chain_from(&over, Txid(5))), "1:2-8 0:9-9");
+    }
 
     #[test]
     fn plans_from_a_table() {

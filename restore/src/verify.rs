@@ -651,6 +651,44 @@ pub fn chunk_entries(entries: &[IndexEntry], chunk: u64) -> Vec<std::ops::Range<
     out
 }
 
+/// Groups of the index entries `es` marked `owned` (frames to fetch):
+/// adjacent ones join, as do ones separated by at most `gap` bytes, up to
+/// `max` bytes a group (at least one entry each).
+pub fn owned_chunks(
+    es: &[IndexEntry],
+    owned: &[bool],
+    max: u64,
+    gap: u64,
+) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut cur: Option<(usize, usize)> = None; // [start, end) entries
+    for (i, e) in es.iter().enumerate() {
+        if owned.get(i) != Some(&true) {
+            continue;
+        }
+        cur = match cur {
+            Some((s, end)) => {
+                // Saturating: an index that was not checked to tile the page
+                // block must not underflow here (its frames fail to decode).
+                let prev = &es[end - 1];
+                let hole = e.offset.saturating_sub(prev.offset + prev.size);
+                let span = (e.offset + e.size).saturating_sub(es[s].offset);
+                if hole <= gap && span <= max {
+                    Some((s, i + 1))
+                } else {
+                    out.push(s..end);
+                    Some((i, i + 1))
+                }
+            }
+            None => Some((i, i + 1)),
+        };
+    }
+    if let Some((s, e)) = cur {
+        out.push(s..e);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

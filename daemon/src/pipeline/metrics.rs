@@ -249,7 +249,7 @@ fn render_drills(o: &mut String, dbs: &[Arc<DbMetrics>]) {
 
 /// `/healthz`: 200 and `ok` while no database has stopped, then one line
 /// per database that waits to appear; 503 and the reasons otherwise.
-fn healthz(m: &Metrics) -> (&'static str, String) {
+fn healthz<M: Exporter + ?Sized>(m: &M) -> (&'static str, String) {
     let mut lines = match m.health() {
         Ok(()) => {
             return (
@@ -268,8 +268,33 @@ fn healthz(m: &Metrics) -> (&'static str, String) {
     ("503 Service Unavailable", lines.join("\n") + "\n")
 }
 
+/// What `/metrics` and `/healthz` report: `sluice replicate`'s [`Metrics`],
+/// or another command's.
+pub trait Exporter: Send + Sync + 'static {
+    fn render(&self) -> String;
+    fn health(&self) -> Result<(), Vec<String>>;
+    /// Lines for what is waited for (not a failure).
+    fn waiting(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+impl Exporter for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+
+    fn health(&self) -> Result<(), Vec<String>> {
+        Metrics::health(self)
+    }
+
+    fn waiting(&self) -> Vec<String> {
+        Metrics::waiting(self)
+    }
+}
+
 /// Serves `/metrics` and `/healthz` until the process ends.
-pub async fn serve(addr: String, metrics: Arc<Metrics>) {
+pub async fn serve<M: Exporter>(addr: String, metrics: Arc<M>) {
     let listener = match TcpListener::bind(&addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -301,7 +326,7 @@ pub async fn serve(addr: String, metrics: Arc<Metrics>) {
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
                 "/metrics" => ("200 OK", m.render()),
-                "/healthz" => healthz(&m),
+                "/healthz" => healthz(&*m),
                 _ => ("404 Not Found", "not found\n".to_string()),
             };
             let resp = format!(

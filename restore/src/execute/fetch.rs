@@ -18,7 +18,8 @@ use super::{join_all, task_error, Shared, TaskError};
 use crate::error::RestoreError;
 use crate::plan::FileInfo;
 use crate::verify::{
-    chunk_entries, decode_chunk, invalid, ChunkCtx, ChunkError, ChunkOut, FileMeta, Shifts,
+    chunk_entries, decode_chunk, invalid, owned_chunks, ChunkCtx, ChunkError, ChunkOut, FileMeta,
+    Shifts,
 };
 
 /// One ranged read and its frames.
@@ -99,7 +100,12 @@ pub(super) fn plan_chunks(
         let groups = if full {
             chunk_entries(&m.index.entries, chunk_bytes)
         } else {
-            owned_chunks(m, &owners.owned_entries(i, m), chunk_bytes, 64 << 10)
+            owned_chunks(
+                &m.index.entries,
+                &owners.owned_entries(i, m),
+                chunk_bytes,
+                64 << 10,
+            )
         };
         for g in groups {
             let (start, len) = chunk_span(m, &g);
@@ -119,37 +125,6 @@ fn chunk_span(meta: &FileMeta, r: &Range<usize>) -> (u64, u64) {
     let first = &es[r.start];
     let last = &es[r.end - 1];
     (first.offset, last.offset + last.size - first.offset)
-}
-
-/// Groups of owned frames: adjacent ones join, as do ones separated by less
-/// than `gap` bytes, up to `max` bytes a group.
-fn owned_chunks(meta: &FileMeta, owned: &[bool], max: u64, gap: u64) -> Vec<Range<usize>> {
-    let es = &meta.index.entries;
-    let mut out = Vec::new();
-    let mut cur: Option<(usize, usize)> = None; // [start, end) entries
-    for (i, e) in es.iter().enumerate() {
-        if !owned[i] {
-            continue;
-        }
-        cur = match cur {
-            Some((s, end)) => {
-                let prev = &es[end - 1];
-                let hole = e.offset - (prev.offset + prev.size);
-                let span = e.offset + e.size - es[s].offset;
-                if hole <= gap && span <= max {
-                    Some((s, i + 1))
-                } else {
-                    out.push(s..end);
-                    Some((i, i + 1))
-                }
-            }
-            None => Some((i, i + 1)),
-        };
-    }
-    if let Some((s, e)) = cur {
-        out.push(s..e);
-    }
-    out
 }
 
 /// Fetches and decodes every chunk; returns each chunk's contribution, in
