@@ -353,6 +353,12 @@ fn demo_replicates_restores_and_matches() {
         "{}",
         stdout(&o)
     );
+    // The replica part: a reader of the `sluice replica` mount saw every row.
+    assert!(
+        stdout(&o).contains("replica:  a reader sees all 100 rows"),
+        "{}",
+        stdout(&o)
+    );
     let files = ltx_files(&d.join("replica/ltx/0"));
     assert!(files.len() > 10);
     // The replica is also a valid input to the CLI: verify and apply it again.
