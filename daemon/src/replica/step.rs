@@ -215,7 +215,7 @@ async fn fetch_index(
         })?;
     let room = end - (HEADER_SIZE as u64 + 6);
     let first = guess.clamp(9, room);
-    let mut tail = get(store, &f, end - first, first).await?;
+    let mut tail = get(store, f, end - first, first).await?;
     let mut len_bytes = [0u8; 8];
     len_bytes.copy_from_slice(&tail[tail.len() - 8..]);
     let len = u64::from_be_bytes(len_bytes);
@@ -226,7 +226,7 @@ async fn fetch_index(
         ));
     }
     if len + 8 > first {
-        let mut more = get(store, &f, end - 8 - len, len + 8 - first).await?;
+        let mut more = get(store, f, end - 8 - len, len + 8 - first).await?;
         more.extend_from_slice(&tail);
         tail = more;
     }
@@ -260,13 +260,13 @@ fn check_frames(key: &str, index: &PageIndex, block_end: u64) -> Result<(), Step
 /// The last file: header, then tail from the end marker, checked together.
 async fn fetch_last(store: &dyn ReplicaStore, f: &FileInfo, guess: u64) -> Result<Last, StepError> {
     let size = f.size;
-    let head = get(store, &f, 0, HEADER_SIZE as u64).await?;
+    let head = get(store, f, 0, HEADER_SIZE as u64).await?;
     let want = (guess + 6 + TRAILER_SIZE as u64).min(size - HEADER_SIZE as u64);
     let mut off = size - want;
-    let mut tail = get(store, &f, off, want).await?;
+    let mut tail = get(store, f, off, want).await?;
     let start = tail_start(size, &tail[tail.len() - 24..]).map_err(|e| StepError::at(&f.key, e))?;
     if start < off {
-        let mut more = get(store, &f, start, off - start).await?;
+        let mut more = get(store, f, start, off - start).await?;
         more.extend_from_slice(&tail);
         tail = more;
         off = start;
@@ -516,7 +516,7 @@ pub async fn fast(
     }
     let first_head = match chain.first() {
         Some(f) if f.min.0 == base.txid.0 + 1 && !rest.is_empty() => {
-            let b = get(store, &f, 0, HEADER_SIZE as u64).await?;
+            let b = get(store, f, 0, HEADER_SIZE as u64).await?;
             let mut raw = [0u8; HEADER_SIZE];
             raw.copy_from_slice(&b);
             Some(Header::decode(&raw).map_err(|e| StepError::at(&f.key, e))?)
