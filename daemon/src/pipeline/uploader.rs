@@ -160,17 +160,28 @@ impl Uploader {
     }
 
     /// Staged files not uploaded yet, L0 first.
+    ///
+    /// A listing (`readdir`) may miss a file renamed into the directory
+    /// while it runs and still return a later one; uploading that later
+    /// file would move the mark past the missed one for good (a gap in the
+    /// replica). Each level's files are staged in TXID order, so every file
+    /// at or below the newest one a first listing saw was in place before a
+    /// second listing began: the second listing, cut at that TXID, is
+    /// complete.
     async fn not_uploaded(&self) -> Result<Vec<LocalFile>, StagingError> {
         let staging = self.staging.clone();
         let done = self.progress.uploaded;
         blocking(move || {
             let mut out = Vec::new();
             for level in 0..=SNAPSHOT_LEVEL {
+                let Some(seen) = staging.list_level(level)?.last().map(|f| f.max) else {
+                    continue;
+                };
                 out.extend(
                     staging
                         .list_level(level)?
                         .into_iter()
-                        .filter(|f| f.max.0 > done[usize::from(level)]),
+                        .filter(|f| f.max.0 > done[usize::from(level)] && f.max <= seen),
                 );
             }
             Ok(out)
