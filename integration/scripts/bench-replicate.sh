@@ -15,6 +15,7 @@ litestream=${SLUICE_LITESTREAM:-$root/.tools/litestream-venv/bin/litestream}
 [ -x "$litestream" ] || { echo "Litestream not found at $litestream: run integration/scripts/install-deps.sh" >&2; exit 1; }
 
 cargo build --release -p sluice -p integration
+target=${CARGO_TARGET_DIR:-$root/target}
 
 echo "sluice tree: $(git describe --always --dirty 2>/dev/null || echo unknown)" >&2
 
@@ -25,5 +26,5 @@ env_sh=$(integration/scripts/garage.sh start "$dir/garage")
 # shellcheck disable=SC1090
 source "$env_sh"
 unset AWS_CA_BUNDLE
-SLUICE_BIN="$root/target/release/sluice" SLUICE_LITESTREAM="$litestream" \
-  target/release/bench_replicate --work-dir "$dir/work" "$@"
+SLUICE_BIN="$target/release/sluice" SLUICE_LITESTREAM="$litestream" \
+  "$target/release/bench_replicate" --work-dir "$dir/work" "$@"
