@@ -886,6 +886,46 @@ fn parse_ms(poll: &str) -> f64 {
     }
 }
 
+/// The freshness phase's reader: polls `max(id)` on the replica every 5 ms
+/// and records when each of the `n` rows from `first` became visible.
+/// Bounded: the writer's longest time plus 30 s, and 15 s after `done`.
+fn spawn_reader(
+    db: PathBuf,
+    first: i64,
+    n: usize,
+    seen: Arc<Mutex<Vec<Option<Instant>>>>,
+    done: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<()>> {
+    std::thread::spawn(move || -> Result<()> {
+        let c = open_ro(&db)?;
+        let mut st = c.prepare("SELECT coalesce(max(id), 0) FROM fresh")?;
+        let (mut have, last) = (first - 1, first + n as i64 - 1);
+        let deadline = Instant::now() + Duration::from_millis(300 * n as u64 + 30_000);
+        let mut done_at: Option<Instant> = None;
+        while have < last && Instant::now() < deadline {
+            let max: i64 = st.query_row([], |r| r.get(0))?;
+            let now = Instant::now();
+            if max > have {
+                let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+                for id in have + 1..=max {
+                    if let Some(slot) = s.get_mut((id - first) as usize) {
+                        *slot = Some(now);
+                    }
+                }
+                have = max;
+            }
+            if done.load(Ordering::Relaxed) {
+                let at = *done_at.get_or_insert(now);
+                if at.elapsed() > Duration::from_secs(15) {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    })
+}
+
 fn fresh_phase(
     o: &Opts,
     bin: &Path,
@@ -917,39 +957,7 @@ fn fresh_phase(
     let commits: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
     let seen: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
     let done = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (seen, done, db) = (seen.clone(), done.clone(), rep.db());
-        std::thread::spawn(move || -> Result<()> {
-            let c = open_ro(&db)?;
-            let mut st = c.prepare("SELECT coalesce(max(id), 0) FROM fresh")?;
-            let (mut have, last) = (first - 1, first + n as i64 - 1);
-            // Bounded: the writer's longest time plus 30 s, and 15 s after
-            // the writer is done.
-            let deadline = Instant::now() + Duration::from_millis(300 * n as u64 + 30_000);
-            let mut done_at: Option<Instant> = None;
-            while have < last && Instant::now() < deadline {
-                let max: i64 = st.query_row([], |r| r.get(0))?;
-                let now = Instant::now();
-                if max > have {
-                    let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
-                    for id in have + 1..=max {
-                        if let Some(slot) = s.get_mut((id - first) as usize) {
-                            *slot = Some(now);
-                        }
-                    }
-                    have = max;
-                }
-                if done.load(Ordering::Relaxed) {
-                    let at = *done_at.get_or_insert(now);
-                    if at.elapsed() > Duration::from_secs(15) {
-                        break;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Ok(())
-        })
-    };
+    let reader = spawn_reader(rep.db(), first, n, seen.clone(), done.clone());
     let mut rng = XorShift64::new(seed);
     let t_start = Instant::now();
     eprintln!("  writer starts at {}", unix_now());
