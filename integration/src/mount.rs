@@ -3,7 +3,7 @@
 //! unmounts, even when the test failed or the daemon was killed.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Daemon;
@@ -146,4 +146,42 @@ impl Drop for MountEnv {
             .output();
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
     }
+}
+
+/// True if `mnt` is a mount point now (`/proc/mounts`).
+pub fn is_mounted(mnt: &Path) -> bool {
+    let Ok(m) = std::fs::read_to_string("/proc/mounts") else {
+        return false;
+    };
+    let want = mnt.to_string_lossy();
+    m.lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(want.as_ref()))
+}
+
+/// Unmounts `mnt`; lazily if a plain unmount fails (files still open).
+pub fn unmount(mnt: &Path) {
+    for args in [&["-u"][..], &["-u", "-z"][..]] {
+        if !is_mounted(mnt) {
+            return;
+        }
+        let _ = Command::new("fusermount3")
+            .args(args)
+            .arg(mnt)
+            .stderr(Stdio::null())
+            .status();
+    }
+    if is_mounted(mnt) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(mnt)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Sends `sig` (`-TERM`, `-INT`, …) to `child` with kill(1).
+pub fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status();
 }

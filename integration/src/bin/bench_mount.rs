@@ -48,6 +48,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use integration::mount::{is_mounted, signal, unmount};
 use integration::XorShift64;
 use rusqlite::{Connection, OpenFlags};
 
@@ -173,42 +174,6 @@ fn sluice_bin() -> Result<PathBuf> {
 }
 
 // ---------------------------------------------------------------- mounts
-
-fn is_mounted(mnt: &Path) -> bool {
-    let Ok(m) = std::fs::read_to_string("/proc/mounts") else {
-        return false;
-    };
-    let want = mnt.to_string_lossy();
-    m.lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(want.as_ref()))
-}
-
-/// Unmounts `mnt`; lazily if a plain unmount fails (files still open).
-fn unmount(mnt: &Path) {
-    for args in [&["-u"][..], &["-u", "-z"][..]] {
-        if !is_mounted(mnt) {
-            return;
-        }
-        let _ = Command::new("fusermount3")
-            .args(args)
-            .arg(mnt)
-            .stderr(Stdio::null())
-            .status();
-    }
-    if is_mounted(mnt) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(mnt)
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let _ = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status();
-}
 
 /// Waits (bounded) for `child` to exit: its exit code, `None` if it was
 /// killed by a signal or did not exit in time.

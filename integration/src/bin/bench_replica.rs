@@ -55,6 +55,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use integration::http::{free_port, http_get};
+use integration::mount::{is_mounted, signal, unmount};
 use integration::XorShift64;
 use rusqlite::{Connection, OpenFlags};
 use s3_backend::retry::{RetryPolicy, Shutdown};
@@ -338,42 +339,6 @@ struct L0File {
 }
 
 // ---------------------------------------------------------------- processes
-
-fn is_mounted(mnt: &Path) -> bool {
-    let Ok(m) = std::fs::read_to_string("/proc/mounts") else {
-        return false;
-    };
-    let want = mnt.to_string_lossy();
-    m.lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(want.as_ref()))
-}
-
-/// Unmounts `mnt`; lazily if a plain unmount fails (files still open).
-fn unmount(mnt: &Path) {
-    for args in [&["-u"][..], &["-u", "-z"][..]] {
-        if !is_mounted(mnt) {
-            return;
-        }
-        let _ = Command::new("fusermount3")
-            .args(args)
-            .arg(mnt)
-            .stderr(Stdio::null())
-            .status();
-    }
-    if is_mounted(mnt) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(mnt)
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let _ = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status();
-}
 
 /// SIGTERM, then a bounded wait; SIGKILL if it does not exit. The exit
 /// code, `None` when killed.

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use integration::mount::is_mounted;
 use integration::{s, sluice_bin};
 
 /// True where this process may mount FUSE filesystems; tests return early
@@ -31,14 +32,6 @@ fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .map(|t| t.lines().any(|l| l.starts_with("Uid:\t0\t")))
         .unwrap_or(false)
-}
-
-pub fn is_mounted(mnt: &Path) -> bool {
-    let m = s(mnt);
-    std::fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(m))
 }
 
 /// A `sluice replica` process and its mount.
