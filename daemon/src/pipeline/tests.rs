@@ -76,6 +76,25 @@ fn spec(dir: &Path) -> PipelineSpec {
     }
 }
 
+/// Opens and runs the pipeline of `spec`; returns a source feeding it and
+/// the running pipeline.
+async fn start(
+    spec: PipelineSpec,
+) -> (SnapshotSource, tokio::task::JoinHandle<Result<(), String>>) {
+    let metrics = Arc::new(DbMetrics::default());
+    let (handoff, rx) = Pipeline::handoff(&spec.staging, metrics, Stops::default());
+    let p = Pipeline::open(spec, handoff.clone(), rx, true)
+        .await
+        .unwrap()
+        .expect("not stopped");
+    let source = SnapshotSource {
+        handoff,
+        txid: Txid(0),
+        last: Checksum::ZERO,
+    };
+    (source, tokio::spawn(p.run(Arc::new(AtomicU64::new(0)))))
+}
+
 async fn restore_at(url: &ReplicaUrl, txid: Txid, out: &Path) -> Checksum {
     let store = url
         .open(RetryPolicy::default(), Shutdown::never())
@@ -99,18 +118,7 @@ async fn a_second_capture_source_replicates_through_the_same_pipeline() {
         .unwrap();
     let spec = spec(dir.path());
     let url = spec.replicas[0].url.clone();
-    let metrics = Arc::new(DbMetrics::default());
-    let (handoff, rx) = Pipeline::handoff(&spec.staging, metrics, Stops::default());
-    let p = Pipeline::open(spec, handoff.clone(), rx, true)
-        .await
-        .unwrap()
-        .expect("not stopped");
-    let mut source = SnapshotSource {
-        handoff,
-        txid: Txid(0),
-        last: Checksum::ZERO,
-    };
-    let run = tokio::spawn(p.run(Arc::new(AtomicU64::new(0))));
+    let (mut source, run) = start(spec).await;
     // Three versions of the database, each staged, each kept to compare.
     let mut versions = Vec::new();
     for i in 0..3 {
@@ -147,18 +155,7 @@ async fn batched_uploads_keep_every_transaction_restorable() {
     spec.replicas[0].batch = true;
     spec.replicas[0].sync_interval = Duration::from_millis(300);
     let url = spec.replicas[0].url.clone();
-    let metrics = Arc::new(DbMetrics::default());
-    let (handoff, rx) = Pipeline::handoff(&spec.staging, metrics, Stops::default());
-    let p = Pipeline::open(spec, handoff.clone(), rx, true)
-        .await
-        .unwrap()
-        .expect("not stopped");
-    let mut source = SnapshotSource {
-        handoff,
-        txid: Txid(0),
-        last: Checksum::ZERO,
-    };
-    let run = tokio::spawn(p.run(Arc::new(AtomicU64::new(0))));
+    let (mut source, run) = start(spec).await;
     let mut versions = Vec::new();
     let mut staged = Vec::new();
     for _ in 0..40 {
@@ -230,21 +227,10 @@ async fn files_staged_during_a_listing_are_never_skipped() {
         spec.replicas[0].batch = batch;
         spec.replicas[0].sync_interval = Duration::from_millis(5);
         let url = spec.replicas[0].url.clone();
-        let metrics = Arc::new(DbMetrics::default());
-        let (handoff, rx) = Pipeline::handoff(&spec.staging, metrics, Stops::default());
-        let p = Pipeline::open(spec, handoff.clone(), rx, true)
-            .await
-            .unwrap()
-            .expect("not stopped");
-        let run = tokio::spawn(p.run(Arc::new(AtomicU64::new(0))));
+        let (mut source, run) = start(spec).await;
         let db2 = db.clone();
         let n = 3000u64;
         tokio::task::spawn_blocking(move || {
-            let mut source = SnapshotSource {
-                handoff,
-                txid: Txid(0),
-                last: Checksum::ZERO,
-            };
             for _ in 0..n {
                 source.capture(&db2);
             }
