@@ -24,6 +24,21 @@ pub fn s(p: &Path) -> &str {
         .unwrap_or_else(|| panic!("not UTF-8: {}", p.display()))
 }
 
+/// A benchmark's work directory: `dir` (created) or a new temporary
+/// directory named `prefix…`, removed when the returned guard drops (call
+/// `keep()` on it to keep it). The path is canonical.
+pub fn work_dir(
+    dir: Option<&Path>,
+    prefix: &str,
+) -> std::io::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    if let Some(d) = dir {
+        std::fs::create_dir_all(d)?;
+        return Ok((d.canonicalize()?, None));
+    }
+    let t = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    Ok((t.path().canonicalize()?, Some(t)))
+}
+
 pub fn project_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }

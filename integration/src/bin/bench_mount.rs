@@ -959,21 +959,7 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let o = Opts::parse()?;
     let bin = sluice_bin()?;
-    let mut tmp = None;
-    let work = match &o.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.canonicalize()?
-        }
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("sluice-bench-mount.")
-                .tempdir()?;
-            let p = t.path().canonicalize()?;
-            tmp = Some(t);
-            p
-        }
-    };
+    let (work, tmp) = integration::work_dir(o.work_dir.as_deref(), "sluice-bench-mount.")?;
     let load0 = loadavg();
     eprintln!(
         "bench_mount: load average {load0}; sluice {}, work dir {}",

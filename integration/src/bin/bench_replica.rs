@@ -1392,21 +1392,7 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let o = Opts::parse()?;
     let bin = sluice_bin()?;
-    let mut tmp = None;
-    let work = match &o.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.canonicalize()?
-        }
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("sluice-bench-replica.")
-                .tempdir()?;
-            let p = t.path().canonicalize()?;
-            tmp = Some(t);
-            p
-        }
-    };
+    let (work, tmp) = integration::work_dir(o.work_dir.as_deref(), "sluice-bench-replica.")?;
     let load0 = loadavg();
     // The script passes the tree it built; run by hand, the current one.
     let tree = std::env::var("SLUICE_TREE")

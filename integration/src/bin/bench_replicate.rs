@@ -2066,19 +2066,7 @@ fn main() -> Result<()> {
     bucket
         .list("bench-replicate-probe/")
         .with_context(|| format!("listing bucket {} at {}", garage.bucket, garage.endpoint))?;
-    let tmp;
-    let work = match &opts.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("sluice-bench-replicate.")
-                .tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let (work, _tmp) = integration::work_dir(opts.work_dir.as_deref(), "sluice-bench-replicate.")?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos();
