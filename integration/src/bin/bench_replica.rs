@@ -704,6 +704,23 @@ struct FfEnv {
     mnt: PathBuf,
 }
 
+impl FfEnv {
+    /// Starts (or resumes, from its cache) the replica of the primary's
+    /// database, polling every `poll`.
+    fn start_replica(&self, o: &Opts, bin: &Path, t: &Target, poll: &str) -> Result<Replica> {
+        Replica::start(
+            bin,
+            &t.base,
+            &self.mnt,
+            DB,
+            poll,
+            &self.cache,
+            &o.log_level,
+            Duration::from_secs(300),
+        )
+    }
+}
+
 fn ff_setup(o: &Opts, bin: &Path, work: &Path, t: &Target) -> Result<FfEnv> {
     let dir = work.join("ff");
     std::fs::create_dir_all(&dir)?;
@@ -735,16 +752,7 @@ fn ff_setup(o: &Opts, bin: &Path, work: &Path, t: &Target) -> Result<FfEnv> {
 fn ff_phase(o: &Opts, bin: &Path, t: &Target, e: &mut FfEnv) -> Result<FfResult> {
     let mut r = FfResult::default();
     let t0 = e.primary.settle(Duration::from_secs(300))?;
-    let rep = Replica::start(
-        bin,
-        &t.base,
-        &e.mnt,
-        DB,
-        "1s",
-        &e.cache,
-        &o.log_level,
-        Duration::from_secs(300),
-    )?;
+    let rep = e.start_replica(o, bin, t, "1s")?;
     rep.wait_txid(t0, Duration::from_secs(300))?;
     r.first_start = rep.metrics()?;
     r.db_bytes = std::fs::metadata(rep.db())?.len();
@@ -787,16 +795,7 @@ fn ff_phase(o: &Opts, bin: &Path, t: &Target, e: &mut FfEnv) -> Result<FfResult>
     );
 
     // One fast-forward from the cache.
-    let rep = Replica::start(
-        bin,
-        &t.base,
-        &e.mnt,
-        DB,
-        "1s",
-        &e.cache,
-        &o.log_level,
-        Duration::from_secs(300),
-    )?;
+    let rep = e.start_replica(o, bin, t, "1s")?;
     r.catch_up_secs = rep.wait_txid(last, Duration::from_secs(600))?.as_secs_f64();
     r.m = rep.metrics()?;
     let (rep_txid, rep_sum) = rep.pos()?;
@@ -903,16 +902,7 @@ fn fresh_phase(
         r.stop()?;
     }
     let settled = e.primary.settle(Duration::from_secs(300))?;
-    let rep = Replica::start(
-        bin,
-        &t.base,
-        &e.mnt,
-        DB,
-        poll,
-        &e.cache,
-        &o.log_level,
-        Duration::from_secs(300),
-    )?;
+    let rep = e.start_replica(o, bin, t, poll)?;
     rep.wait_txid(settled, Duration::from_secs(300))?;
     let w = open_primary(&e.primary.db)?;
     let first: i64 = w.query_row("SELECT coalesce(max(id), 0) + 1 FROM fresh", [], |r| {
