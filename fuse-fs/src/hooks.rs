@@ -91,6 +91,16 @@ impl ServedAs {
     }
 }
 
+/// Who made a file durable in [`Hooks::before_fsync`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncedBy {
+    /// Nobody yet: the filesystem fsyncs the backing file.
+    Nobody,
+    /// The hook did (for example with one syncfs(2) that also covered files
+    /// of its own); the backing fsync is skipped.
+    Hook,
+}
+
 /// Who made a request: ids from the FUSE request header (`pid` is the
 /// calling thread's id).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -302,6 +312,13 @@ pub trait Hooks: Send + Sync + 'static {
     /// Before a new name is made: create, mknod, mkdir, symlink, link.
     fn before_create(&self, _path: &Path) -> Result<(), Errno> {
         Ok(())
+    }
+
+    /// Before fsync(2)/fdatasync(2) of a file reaches the backing file.
+    /// Returning [`SyncedBy::Hook`] says the hook made the file durable
+    /// itself, and the backing fsync is skipped; `Err` fails the fsync.
+    fn before_fsync(&self, _path: &Path, _datasync: bool) -> Result<SyncedBy, Errno> {
+        Ok(SyncedBy::Nobody)
     }
 
     /// After fsync(2)/fdatasync(2) of a file succeeded on the backing file,

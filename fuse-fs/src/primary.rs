@@ -12,6 +12,11 @@
 //!   truncate to 0 (TRUNCATE), or 28 zero bytes written at offset 0
 //!   (PERSIST, and DELETE in exclusive locking mode).
 //!
+//! A rollback-journal transaction may also be captured earlier, at the
+//! database's fsync that precedes the commit point
+//! ([`TxSink::database_syncing`]), so that one sync makes the database and
+//! the L0 file durable together; the commit point then only confirms it.
+//!
 //! Durability: a transaction is reported `durable` when the application
 //! synced it (an fsync of the WAL while the writer held the write lock:
 //! `synchronous=FULL`; of the database or journal during a rollback-journal
@@ -40,8 +45,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::hooks::{
-    Errno, Hooks, LockAttempt, LockGranted, LocksReleased, OpenMode, ReleaseCause, TruncateEvent,
-    WriteEvent,
+    Errno, Hooks, LockAttempt, LockGranted, LocksReleased, OpenMode, ReleaseCause, SyncedBy,
+    TruncateEvent, WriteEvent,
 };
 use crate::locks::LockKind;
 use crate::passthrough::FsHandle;
@@ -74,8 +79,29 @@ pub trait TxSink: Send + Sync + 'static {
     fn may_write(&self, db: &Path) -> bool;
 
     /// The rollback journal of `db` is about to be invalidated: capture its
-    /// transaction (a journal without a valid header is none).
-    fn journal_committing(&self, db: &Path, journal: &Path, durable: bool) -> Result<(), String>;
+    /// transaction (a journal without a valid header is none). `writes` is
+    /// the count of writes and truncations of `db` so far (see
+    /// [`TxSink::database_syncing`]).
+    fn journal_committing(
+        &self,
+        db: &Path,
+        journal: &Path,
+        durable: bool,
+        writes: u64,
+    ) -> Result<(), String>;
+
+    /// `db`, not in WAL mode, is about to be fsynced while its rollback
+    /// journal `journal` exists: SQLite syncs the database after writing a
+    /// transaction's pages and right before invalidating the journal. The
+    /// sink may capture the transaction now and make it durable together
+    /// with the database: `Ok(true)` when it synced the database itself.
+    /// `writes` counts the writes and truncations of `db` so far; the same
+    /// count at the commit point means the database did not change since
+    /// (only the holder of SQLite's EXCLUSIVE lock writes it, and that
+    /// connection is the one syncing). The default captures nothing here.
+    fn database_syncing(&self, _db: &Path, _journal: &Path, _writes: u64) -> Result<bool, String> {
+        Ok(false)
+    }
 
     /// An operation on `db` was refused because its mode gives no commit
     /// signal; `why` says which and how to fix it.
@@ -120,6 +146,8 @@ struct DbState {
     wal_synced: bool,
     /// The database or journal was fsynced since the last journal commit.
     journal_synced: bool,
+    /// Writes and truncations of the database file through the mount.
+    db_writes: u64,
 }
 
 /// The primary's hooks over a [`TxSink`].
@@ -313,10 +341,16 @@ impl<S: TxSink> PrimaryHooks<S> {
 
     /// A commit point of a rollback journal.
     fn journal_commit(&self, journal: &Path, db: &Path) -> Result<(), Errno> {
-        let durable = self.with_db(db, |s| std::mem::take(&mut s.journal_synced));
+        let (durable, writes) =
+            self.with_db(db, |s| (std::mem::take(&mut s.journal_synced), s.db_writes));
         self.sink
-            .journal_committing(db, journal, durable)
+            .journal_committing(db, journal, durable, writes)
             .map_err(|_| Errno::EIO)
+    }
+
+    /// Counts a write or truncation of a database file.
+    fn db_written(&self, db: &Path) {
+        self.with_db(db, |s| s.db_writes += 1);
     }
 }
 
@@ -400,7 +434,14 @@ impl<S: TxSink> Hooks for PrimaryHooks<S> {
                 }
                 Ok(())
             }
-            Role::Database if is_sqlite(ev.path, ev.offset, ev.data) => self.check_db_write(ev),
+            Role::Database => {
+                self.db_written(ev.path);
+                if is_sqlite(ev.path, ev.offset, ev.data) {
+                    self.check_db_write(ev)
+                } else {
+                    Ok(())
+                }
+            }
             _ => Ok(()),
         }
     }
@@ -408,7 +449,29 @@ impl<S: TxSink> Hooks for PrimaryHooks<S> {
     fn before_truncate(&self, ev: &TruncateEvent<'_>) -> Result<(), Errno> {
         match role(ev.path) {
             Role::Journal(db) if ev.size == 0 => self.journal_commit(ev.path, &db),
+            Role::Database => {
+                self.db_written(ev.path);
+                Ok(())
+            }
             _ => Ok(()),
+        }
+    }
+
+    fn before_fsync(&self, path: &Path, _datasync: bool) -> Result<SyncedBy, Errno> {
+        if role(path) != Role::Database {
+            return Ok(SyncedBy::Nobody);
+        }
+        let mut journal = path.as_os_str().to_owned();
+        journal.push("-journal");
+        let journal = Path::new(&journal);
+        if !journal.exists() {
+            return Ok(SyncedBy::Nobody);
+        }
+        let writes = self.with_db(path, |s| s.db_writes);
+        match self.sink.database_syncing(path, journal, writes) {
+            Ok(true) => Ok(SyncedBy::Hook),
+            Ok(false) => Ok(SyncedBy::Nobody),
+            Err(_) => Err(Errno::EIO),
         }
     }
 

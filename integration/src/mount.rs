@@ -111,16 +111,31 @@ impl MountEnv {
         format!("file://{}", self.replica.join(name).display())
     }
 
-    /// The TXID of its newest staged L0 file (0 if none).
+    /// The TXID of its newest staged L0 file (0 if none), once the files
+    /// waiting in `deferred/` when called are staged: a rollback-journal
+    /// commit is made durable with the database's fsync and staged by the
+    /// flusher within 50 ms (waits at most 2 s: a file of a transaction
+    /// that never reached its commit point stays there).
     pub fn txid(&self, name: &str) -> u64 {
-        crate::ltx_files(&self.staging(name).join("ltx/0"))
-            .iter()
-            .filter_map(|p| {
-                let n = p.file_name()?.to_str()?;
-                u64::from_str_radix(n.get(17..33)?, 16).ok()
-            })
-            .max()
-            .unwrap_or(0)
+        let newest = |dir: &str| {
+            crate::ltx_files(&self.staging(name).join(dir))
+                .iter()
+                .filter_map(|p| {
+                    let n = p.file_name()?.to_str()?;
+                    u64::from_str_radix(n.get(17..33)?, 16).ok()
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        let waiting = newest("deferred");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let staged = newest("ltx/0");
+            if staged >= waiting || Instant::now() >= deadline {
+                return staged;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub fn log_text(&self) -> String {

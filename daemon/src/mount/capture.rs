@@ -59,8 +59,35 @@ pub struct DbCapture {
     last_post: Checksum,
     /// The WAL generation and the cursor after the last captured commit.
     wal: Option<(WalHeader, WalCursor)>,
-    /// L0 files written without an fsync, not yet handed over.
-    deferred: Vec<StagedL0>,
+    /// L0 files in the deferred directory, not yet handed over; the flag
+    /// says whether the file is already durable (written at the database's
+    /// fsync, see [`DbCapture::database_syncing`]).
+    deferred: Vec<(StagedL0, bool)>,
+    /// A rollback-journal transaction captured at the database's fsync,
+    /// waiting for its commit point.
+    early: Option<Early>,
+}
+
+/// A transaction built, not yet written.
+struct Built {
+    txid: Txid,
+    commit: u32,
+    pgnos: BTreeSet<u32>,
+    table: Vec<u64>,
+    post: Checksum,
+    header: Header,
+}
+
+/// A transaction captured at the database's fsync before its commit point:
+/// its L0 file is durable in the deferred directory.
+struct Early {
+    /// The database's write count when it was captured.
+    writes: u64,
+    txid: Txid,
+    commit: u32,
+    table: Vec<u64>,
+    post: Checksum,
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for DbCapture {
@@ -116,6 +143,7 @@ impl DbCapture {
             last_post,
             wal,
             deferred: Vec::new(),
+            early: None,
         }
     }
 
@@ -217,12 +245,90 @@ impl DbCapture {
 
     /// The rollback journal at `journal` is about to be invalidated: the
     /// transaction it protected is committing (or was rolled back, which
-    /// leaves the pages as they were: no file). Returns whether a file was
-    /// written.
-    pub fn journal_committing(&mut self, journal: &Path, durable: bool) -> Result<bool> {
+    /// leaves the pages as they were: no file). `writes` is the database's
+    /// write count (see [`DbCapture::database_syncing`]). Returns whether a
+    /// file was written.
+    pub fn journal_committing(
+        &mut self,
+        journal: &Path,
+        durable: bool,
+        writes: u64,
+    ) -> Result<bool> {
+        if let Some(e) = self.early.take() {
+            if e.writes == writes && durable {
+                self.commit_early(e);
+                return Ok(true);
+            }
+            debug!(db = %self.db.display(), "the database changed after its fsync: capturing again");
+            remove_early(&e);
+        }
+        let Some(changed) = self.journal_pages(journal)? else {
+            return Ok(false);
+        };
+        self.stage(changed.0, &Pages::Db(&changed.1), durable, None)
+    }
+
+    /// The database is about to be fsynced while its journal `journal`
+    /// exists: SQLite has written the transaction's pages and invalidates
+    /// the journal next. The transaction is captured now, into the deferred
+    /// directory, and made durable together with the database by one
+    /// `syncfs` when the staging directory is on the database's filesystem
+    /// (returns true: the database is synced). Its commit point then only
+    /// checks that the database was not written since (`writes`, the
+    /// database's write count, is unchanged) and hands the file on, with no
+    /// sync of its own. Where anything differs, the commit point captures
+    /// afresh.
+    pub fn database_syncing(&mut self, journal: &Path, writes: u64) -> Result<bool> {
+        if let Some(e) = self.early.take() {
+            remove_early(&e);
+        }
+        if self.page_size_changed() {
+            return Ok(false);
+        }
+        let Some((commit, changed)) = self.journal_pages(journal)? else {
+            return Ok(false);
+        };
+        let pages = Pages::Db(&changed);
+        let Some(b) = self.build(commit, &pages, None)? else {
+            return Ok(false);
+        };
+        let path = self
+            .staging
+            .write_deferred(b.txid, |w| self.encode(&b, &pages, w))?;
+        let synced = self.staging.sync_deferred(&path, &self.db_file)?;
+        self.early = Some(Early {
+            writes,
+            txid: b.txid,
+            commit: b.commit,
+            table: b.table,
+            post: b.post,
+            path,
+        });
+        Ok(synced)
+    }
+
+    /// The transaction captured at the database's fsync committed.
+    fn commit_early(&mut self, e: Early) {
+        self.pages = e.table;
+        self.commit = e.commit;
+        self.txid = e.txid;
+        self.last_post = e.post;
+        let staged = StagedL0 {
+            txid: e.txid,
+            post_apply: e.post,
+            path: e.path,
+            full: false,
+        };
+        self.deferred.push((staged, true));
+        self.persist();
+    }
+
+    /// The database size and the pages the transaction of the journal at
+    /// `journal` changed; None when it has no valid header (no transaction).
+    fn journal_pages(&self, journal: &Path) -> Result<Option<(u32, BTreeSet<u32>)>> {
         let mut jf = match File::open(journal) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(CaptureError::read(journal, e)),
         };
         let len = jf
@@ -233,30 +339,27 @@ impl DbCapture {
             read_journal(&mut jf, len).map_err(|e| CaptureError::read(journal, e))?
         else {
             debug!(journal = %journal.display(), "no valid journal header: no transaction");
-            return Ok(false);
+            return Ok(None);
         };
         let commit =
             db_pages(&self.db_file, self.page_size).map_err(|e| CaptureError::read(&self.db, e))?;
-        let changed = summary.changed(commit);
-        self.stage(commit, &Pages::Db(&changed), durable, None)
+        Ok(Some((commit, summary.changed(commit))))
     }
 
-    /// Encodes the transaction as the next L0 file and moves the state on.
-    /// A rollback-journal "transaction" that left every page as it was (a
-    /// rollback rewrites the original pages) writes no file.
-    fn stage(
-        &mut self,
+    /// The next transaction's page set, page table, checksum and header.
+    /// None for a rollback-journal "transaction" that left every page as it
+    /// was (a rollback rewrites the original pages).
+    fn build(
+        &self,
         commit: u32,
         pages: &Pages<'_>,
-        durable: bool,
         wal: Option<(WalHeader, WalCursor)>,
-    ) -> Result<bool> {
+    ) -> Result<Option<Built>> {
         let txid = Txid(self.txid.0 + 1);
         let pgnos = self.page_set(commit, pages);
-        let ps = self.page_size.as_usize();
         let mut table = self.pages.clone();
         table.resize(commit as usize, 0);
-        let mut buf = vec![0u8; ps];
+        let mut buf = vec![0u8; self.page_size.as_usize()];
         for &pgno in &pgnos {
             read_page(pages, &self.db_file, pgno, &mut buf)
                 .map_err(|e| CaptureError::read(&self.db, e))?;
@@ -265,47 +368,81 @@ impl DbCapture {
         let post = table_sum(&table);
         if matches!(pages, Pages::Db(_)) && post == self.last_post && commit == self.commit {
             debug!(db = %self.db.display(), "the journal's transaction changed nothing (rolled back): no file");
-            return Ok(false);
+            return Ok(None);
         }
-        let h = self.header(txid, commit, wal);
+        let header = self.header(txid, commit, wal);
+        Ok(Some(Built {
+            txid,
+            commit,
+            pgnos,
+            table,
+            post,
+            header,
+        }))
+    }
+
+    /// Encodes a built transaction.
+    fn encode(
+        &self,
+        b: &Built,
+        pages: &Pages<'_>,
+        w: &mut std::io::BufWriter<crate::staging::SyncEvery<'_>>,
+    ) -> ltx_format::Result<()> {
+        let mut enc = Encoder::new(w, b.header)?;
+        let mut buf = vec![0u8; self.page_size.as_usize()];
+        for &pgno in &b.pgnos {
+            read_page(pages, &self.db_file, pgno, &mut buf)?;
+            enc.encode_page(pgno, &buf)?;
+        }
+        enc.finish(b.post)?;
+        Ok(())
+    }
+
+    /// Encodes the transaction as the next L0 file and moves the state on.
+    /// A rollback-journal "transaction" that left every page as it was
+    /// writes no file.
+    fn stage(
+        &mut self,
+        commit: u32,
+        pages: &Pages<'_>,
+        durable: bool,
+        wal: Option<(WalHeader, WalCursor)>,
+    ) -> Result<bool> {
+        if let Some(e) = self.early.take() {
+            remove_early(&e);
+        }
+        let Some(b) = self.build(commit, pages, wal)? else {
+            return Ok(false);
+        };
         // A durable file must not overtake deferred ones: they become
         // durable first.
         if durable {
             self.flush()?;
         }
-        let db_file = &self.db_file;
-        let encode = |w: &mut std::io::BufWriter<crate::staging::SyncEvery<'_>>| {
-            let mut enc = Encoder::new(w, h)?;
-            let mut buf = vec![0u8; ps];
-            for &pgno in &pgnos {
-                read_page(pages, db_file, pgno, &mut buf)?;
-                enc.encode_page(pgno, &buf)?;
-            }
-            enc.finish(post)?;
-            Ok(())
-        };
+        let encode =
+            |w: &mut std::io::BufWriter<crate::staging::SyncEvery<'_>>| self.encode(&b, pages, w);
         let path = if durable {
-            self.staging.write_ltx(0, txid, txid, encode)?
+            self.staging.write_ltx(0, b.txid, b.txid, encode)?
         } else {
-            self.staging.write_deferred(txid, encode)?
+            self.staging.write_deferred(b.txid, encode)?
         };
-        self.pages = table;
-        self.commit = commit;
-        self.txid = txid;
-        self.last_post = post;
+        self.pages = b.table;
+        self.commit = b.commit;
+        self.txid = b.txid;
+        self.last_post = b.post;
         if wal.is_some() {
             self.wal = wal;
         }
         let staged = StagedL0 {
-            txid,
-            post_apply: post,
+            txid: b.txid,
+            post_apply: b.post,
             path,
             full: false,
         };
         if durable {
             self.handoff.staged(&staged);
         } else {
-            self.deferred.push(staged);
+            self.deferred.push((staged, false));
         }
         self.persist();
         Ok(true)
@@ -342,14 +479,51 @@ impl DbCapture {
         h
     }
 
+    /// The newest deferred file not yet durable, if any: a `syncfs` of the
+    /// staging directory made after this call makes it and every older one
+    /// durable ([`DbCapture::synced_up_to`]).
+    pub fn unsynced(&self) -> Option<Txid> {
+        self.deferred
+            .iter()
+            .rev()
+            .find(|(_, synced)| !synced)
+            .map(|(s, _)| s.txid)
+    }
+
+    /// The deferred files up to `txid` were made durable.
+    pub fn synced_up_to(&mut self, txid: Txid) {
+        for (s, synced) in &mut self.deferred {
+            if s.txid <= txid {
+                *synced = true;
+            }
+        }
+    }
+
+    pub fn staging(&self) -> &StagingDir {
+        &self.staging
+    }
+
     /// Makes the deferred files durable and hands them over.
     pub fn flush(&mut self) -> Result<()> {
-        if self.deferred.is_empty() {
+        let synced = self.deferred.iter().all(|&(_, synced)| synced);
+        self.promote(self.deferred.len(), synced)
+    }
+
+    /// Hands over the deferred files that are durable already, up to the
+    /// first that is not.
+    pub fn flush_synced(&mut self) -> Result<()> {
+        let n = self.deferred.iter().take_while(|(_, s)| *s).count();
+        self.promote(n, true)
+    }
+
+    /// Moves the first `n` deferred files into place and hands them over.
+    fn promote(&mut self, n: usize, synced: bool) -> Result<()> {
+        if n == 0 {
             return Ok(());
         }
-        let txids: Vec<Txid> = self.deferred.iter().map(|s| s.txid).collect();
-        let paths = self.staging.promote_deferred(&txids)?;
-        for (mut s, p) in std::mem::take(&mut self.deferred).into_iter().zip(paths) {
+        let txids: Vec<Txid> = self.deferred[..n].iter().map(|(s, _)| s.txid).collect();
+        let paths = self.staging.promote_deferred(&txids, synced)?;
+        for ((mut s, _), p) in self.deferred.drain(..n).zip(paths) {
             s.path = p;
             self.handoff.staged(&s);
         }
@@ -381,8 +555,16 @@ impl DbCapture {
     }
 }
 
-/// Reads page `pgno` of the transaction into `buf`: from its WAL frame, or
-/// from the database file; zeros where neither holds it.
+/// Removes the file of a transaction captured early that did not commit as
+/// captured.
+fn remove_early(e: &Early) {
+    if let Err(err) = std::fs::remove_file(&e.path) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            warn!(file = %e.path.display(), "cannot remove an early capture: {err}");
+        }
+    }
+}
+
 /// The header of the WAL at `wp`, or None when there is no WAL or its
 /// header is not valid. SQLite ignores such a WAL (a crash before its header
 /// was synced, or a file written over): recovery finds no frames, and the
@@ -403,6 +585,8 @@ pub(crate) fn live_wal_header(wp: &Path) -> Result<Option<WalHeader>> {
     }
 }
 
+/// Reads page `pgno` of the transaction into `buf`: from its WAL frame, or
+/// from the database file; zeros where neither holds it.
 fn read_page(pages: &Pages<'_>, db: &File, pgno: u32, buf: &mut [u8]) -> std::io::Result<()> {
     let found = match pages {
         Pages::Wal(f, m) => match m.get(&pgno) {

@@ -134,10 +134,20 @@ impl TxSink for Sink {
         self.0.may_write(db)
     }
 
-    fn journal_committing(&self, db: &Path, journal: &Path, durable: bool) -> Result<(), String> {
+    fn journal_committing(
+        &self,
+        db: &Path,
+        journal: &Path,
+        durable: bool,
+        writes: u64,
+    ) -> Result<(), String> {
         self.0
-            .journal_committing(db, journal, durable)
+            .journal_committing(db, journal, durable, writes)
             .map_err(|e| e.to_string())
+    }
+
+    fn database_syncing(&self, db: &Path, journal: &Path, writes: u64) -> Result<bool, String> {
+        Ok(self.0.database_syncing(db, journal, writes))
     }
 
     fn refused(&self, db: &Path, why: &str) {
@@ -271,7 +281,7 @@ async fn serve(m: &MountConfig, sink: Arc<MountSink>, stopping: Arc<AtomicBool>)
                 // durable and ship within this.
                 while !stopping.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
-                    sink.flush_all();
+                    sink.flush_all(false);
                 }
             })?
     };

@@ -43,15 +43,16 @@ pub fn journal_path(db: &Path) -> std::path::PathBuf {
 }
 
 /// Rolls back a hot journal: SQLite does so when it first reads the
-/// database. Our connection never checkpoints a WAL on close.
-fn roll_back_hot_journal(db: &Path) -> Result<()> {
+/// database. Our connection never checkpoints a WAL on close. Returns
+/// whether there was one.
+fn roll_back_hot_journal(db: &Path) -> Result<bool> {
     let j = journal_path(db);
     let mut first = [0u8; 1];
     let hot = File::open(&j)
         .and_then(|f| f.read_exact_at(&mut first, 0))
         .is_ok_and(|()| first[0] != 0);
     if !hot {
-        return Ok(());
+        return Ok(false);
     }
     let err = CaptureError::sqlite(db);
     let c = rusqlite::Connection::open(db).map_err(err)?;
@@ -63,12 +64,15 @@ fn roll_back_hot_journal(db: &Path) -> Result<()> {
         .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
         .map_err(CaptureError::sqlite(db))?;
     warn!(db = %db.display(), "rolled back a hot journal left by a writer that stopped mid-transaction");
-    Ok(())
+    Ok(true)
 }
 
 /// Deferred files that survived a crash become staged files if they are
-/// whole and continue the chain; the rest are removed.
-fn promote_survivors(staging: &StagingDir) -> Result<()> {
+/// whole and continue the chain; the rest are removed. `rolled_back`: the
+/// database, when a hot journal was just rolled back; then the last file,
+/// if it captured that very transaction at the database's fsync (its
+/// application died before the commit point), is no transaction.
+fn promote_survivors(staging: &StagingDir, rolled_back: Option<&Path>) -> Result<()> {
     let deferred = staging.list_deferred()?;
     if deferred.is_empty() {
         return Ok(());
@@ -85,13 +89,35 @@ fn promote_survivors(staging: &StagingDir) -> Result<()> {
         }
         keep.push(f.max);
     }
-    staging.promote_deferred(&keep)?;
+    if let (Some(db), Some(last)) = (rolled_back, deferred.get(keep.len().wrapping_sub(1))) {
+        if never_committed(db, &last.path)? {
+            warn!(file = %last.path.display(), "discarding the capture of a transaction that was rolled back (its application stopped after syncing the database, before the commit)");
+            keep.pop();
+        }
+    }
+    staging.promote_deferred(&keep, false)?;
     for f in staging.list_deferred()? {
         warn!(file = %f.path.display(), "discarding a deferred file that does not continue the chain");
         std::fs::remove_file(&f.path)
             .map_err(|e| CaptureError::Staging(StagingError::io("remove", &f.path, e)))?;
     }
     Ok(())
+}
+
+/// Whether the rollback-journal capture at `file` holds a transaction that
+/// the database, just rolled back, does not: its pre-apply checksum is the
+/// database's and its post-apply checksum is not.
+fn never_committed(db: &Path, file: &Path) -> Result<bool> {
+    let read = |e: ltx_format::Error| CaptureError::read(file, std::io::Error::other(e));
+    let f = File::open(file).map_err(|e| CaptureError::read(file, e))?;
+    let s = ltx_format::verify(std::io::BufReader::new(f)).map_err(read)?;
+    if s.header.wal_offset != 0 {
+        return Ok(false);
+    }
+    let db_file = File::open(db).map_err(|e| CaptureError::read(db, e))?;
+    let (table, _) = read_state(&db_file, db, s.header.page_size, None)?;
+    let now = table_sum(&table);
+    Ok(now == s.header.pre_apply_checksum && now != s.trailer.post_apply_checksum)
 }
 
 /// Page checksums of the database: the main file, then the WAL frames up to
@@ -163,8 +189,8 @@ pub fn open_capture(
 ) -> Result<DbCapture> {
     staging.create()?;
     if at_mount {
-        roll_back_hot_journal(db)?;
-        promote_survivors(staging)?;
+        let rolled_back = roll_back_hot_journal(db)?;
+        promote_survivors(staging, rolled_back.then_some(db))?;
     }
     let saved: Option<Position> = read_json(&staging.position_path()).unwrap_or_else(|e| {
         warn!("{e}; recovering the position from the staged files");

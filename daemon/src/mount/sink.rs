@@ -193,12 +193,28 @@ impl MountSink {
         self.wal_committed(db, true).is_ok()
     }
 
+    /// `db` is about to be fsynced while its rollback journal exists: the
+    /// transaction may be captured now and synced with it (returns true when
+    /// the database was synced). A failure here only logs: the commit point
+    /// captures afresh, and fails the commit if it cannot.
+    pub fn database_syncing(&self, db: &Path, journal: &Path, writes: u64) -> bool {
+        if no_database_yet(db) {
+            return false;
+        }
+        self.with_capture(db, |c| c.database_syncing(journal, writes))
+            .unwrap_or_else(|e| {
+                warn!(db = %db.display(), "capture at the database's fsync failed: {e}; capturing at the commit point");
+                false
+            })
+    }
+
     /// The rollback journal of `db` is about to be invalidated.
     pub fn journal_committing(
         &self,
         db: &Path,
         journal: &Path,
         durable: bool,
+        writes: u64,
     ) -> Result<(), CaptureError> {
         if no_database_yet(db) {
             return Ok(());
@@ -215,13 +231,14 @@ impl MountSink {
                     ),
                 ));
             }
-            c.journal_committing(journal, durable).map(|_| ())
+            c.journal_committing(journal, durable, writes).map(|_| ())
         })
     }
 
-    /// Makes every deferred file durable and hands it over (the flusher
-    /// calls this every interval, and at unmount).
-    pub fn flush_all(&self) {
+    /// Makes the deferred files durable and hands them over: every one
+    /// (`all`, at unmount), or (the flusher, every interval) those staged
+    /// before one `syncfs` that runs without holding up capture.
+    pub fn flush_all(&self, all: bool) {
         let dbs: Vec<(PathBuf, Arc<Db>)> = self
             .dbs
             .lock()
@@ -230,9 +247,31 @@ impl MountSink {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (path, d) in dbs {
+            // The sync runs without the capture's lock, so commits go on
+            // meanwhile; files staged after it wait for the next round.
+            let unsynced = {
+                let guard = d.capture.lock().unwrap_or_else(|p| p.into_inner());
+                guard
+                    .as_ref()
+                    .and_then(|c| c.unsynced().map(|t| (t, c.staging().clone())))
+            };
+            let synced = match unsynced {
+                Some((txid, staging)) => match staging.sync_deferred_dir() {
+                    Ok(()) => Some(txid),
+                    Err(e) => {
+                        warn!(db = %path.display(), "syncing deferred files: {e}");
+                        None
+                    }
+                },
+                None => None,
+            };
             let mut guard = d.capture.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(cap) = guard.as_mut() {
-                if let Err(e) = cap.flush() {
+                if let Some(txid) = synced {
+                    cap.synced_up_to(txid);
+                }
+                let r = if all { cap.flush() } else { cap.flush_synced() };
+                if let Err(e) = r {
                     warn!(db = %path.display(), "flushing deferred files: {e}");
                     if e.is_fatal() {
                         d.handoff.fail(e.to_string());
@@ -246,7 +285,7 @@ impl MountSink {
     /// Ends capture: flushes, then tells every pipeline capture finished.
     /// Returns the pipeline tasks to await.
     pub fn finish(&self) -> Vec<tokio::task::JoinHandle<Result<(), String>>> {
-        self.flush_all();
+        self.flush_all(true);
         for d in self.dbs.lock().unwrap_or_else(|p| p.into_inner()).values() {
             d.handoff.finished();
         }

@@ -190,11 +190,11 @@ fn a_journal_commit_is_one_txid_and_a_rollback_none() {
     };
     let at = cap.txid();
     assert!(at_invalidation(&e, &c, insert, "COMMIT", || cap
-        .journal_committing(&j, true)
+        .journal_committing(&j, true, 0)
         .unwrap()));
     let after = state(&e.db);
     let rolled_back = at_invalidation(&e, &c, "DELETE FROM t WHERE id % 2 = 0", "ROLLBACK", || {
-        cap.journal_committing(&j, true).unwrap()
+        cap.journal_committing(&j, true, 0).unwrap()
     });
     assert!(!rolled_back, "a rollback is no transaction");
     assert_eq!(state(&e.db), after);
@@ -203,12 +203,102 @@ fn a_journal_commit_is_one_txid_and_a_rollback_none() {
         &c,
         "DELETE FROM t WHERE id > 3",
         "COMMIT",
-        || cap.journal_committing(&j, true).unwrap()
+        || cap.journal_committing(&j, true, 0).unwrap()
     ));
     let out = e.staging.root().join("out.db");
     assert_eq!(cap.txid(), Txid(at.0 + 2));
     assert_eq!(restored(&e.staging, at.0 + 1, &out), after);
     assert_eq!(restored(&e.staging, at.0 + 2, &out), state(&e.db));
+}
+
+#[test]
+fn a_capture_at_the_database_fsync_commits_as_is_or_is_redone() {
+    let (e, c) = env("PERSIST");
+    c.execute_batch("PRAGMA synchronous=OFF").unwrap();
+    let mut cap = open(&e);
+    let j = journal_path(&e.db);
+    let at = cap.txid();
+    let staged_after = |e: &Env| {
+        e.staging
+            .list_level(0)
+            .unwrap()
+            .iter()
+            .filter(|f| f.max.0 > at.0)
+            .count()
+    };
+    let insert = "INSERT INTO t(v) SELECT hex(randomblob(900)) FROM t, t AS b LIMIT 20";
+    // Captured at the fsync and synced with the database (one syncfs: the
+    // staging directory is on its filesystem); the commit point, with the
+    // database unwritten since, only hands the file on.
+    assert!(at_invalidation(&e, &c, insert, "COMMIT", || {
+        assert!(
+            cap.database_syncing(&j, 7).unwrap(),
+            "synced with the database"
+        );
+        assert_eq!(e.staging.list_deferred().unwrap().len(), 1);
+        cap.journal_committing(&j, true, 7).unwrap()
+    }));
+    let first = state(&e.db);
+    assert_eq!(cap.txid(), Txid(at.0 + 1));
+    assert_eq!(staged_after(&e), 0, "handed on by the next flush");
+    cap.flush().unwrap();
+    assert!(e.staging.list_deferred().unwrap().is_empty());
+    assert_eq!(staged_after(&e), 1);
+    // The database written after its fsync: captured again at the commit
+    // point, and the early file removed.
+    assert!(at_invalidation(
+        &e,
+        &c,
+        "DELETE FROM t WHERE id % 3 = 0",
+        "COMMIT",
+        || {
+            assert!(cap.database_syncing(&j, 8).unwrap());
+            cap.journal_committing(&j, true, 9).unwrap()
+        }
+    ));
+    assert!(e.staging.list_deferred().unwrap().is_empty());
+    assert_eq!(staged_after(&e), 2);
+    // A transaction rolled back after the fsync: nothing.
+    let rolled_back = at_invalidation(&e, &c, "DELETE FROM t WHERE id > 2", "ROLLBACK", || {
+        cap.database_syncing(&j, 10).unwrap();
+        cap.journal_committing(&j, true, 11).unwrap()
+    });
+    assert!(!rolled_back);
+    assert!(e.staging.list_deferred().unwrap().is_empty());
+    let out = e.staging.root().join("out.db");
+    assert_eq!(cap.txid(), Txid(at.0 + 2));
+    assert_eq!(restored(&e.staging, at.0 + 1, &out), first);
+    assert_eq!(restored(&e.staging, at.0 + 2, &out), state(&e.db));
+}
+
+#[test]
+fn a_capture_at_the_fsync_of_a_transaction_that_never_committed_is_dropped_at_recovery() {
+    let (e, c) = env("PERSIST");
+    c.execute_batch("PRAGMA synchronous=OFF").unwrap();
+    let mut cap = open(&e);
+    let j = journal_path(&e.db);
+    let at = cap.txid();
+    let before = state(&e.db);
+    let mut hot = Vec::new();
+    at_invalidation(&e, &c, "DELETE FROM t WHERE id > 1", "COMMIT", || {
+        // Captured and synced with the database; then the application dies
+        // before the commit point, and the daemon too.
+        assert!(cap.database_syncing(&j, 1).unwrap());
+        hot = std::fs::read(&j).unwrap();
+        false
+    });
+    drop(cap);
+    drop(c);
+    std::fs::write(&j, &hot).unwrap();
+    assert_eq!(e.staging.list_deferred().unwrap().len(), 1);
+    let cap = open(&e);
+    assert_eq!(state(&e.db), before, "the hot journal was rolled back");
+    assert_eq!(
+        cap.txid(),
+        at,
+        "no TXID for the transaction that never committed"
+    );
+    assert!(e.staging.list_deferred().unwrap().is_empty());
 }
 
 #[test]

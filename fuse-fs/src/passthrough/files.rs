@@ -15,7 +15,7 @@ use nix::sys::time::TimeSpec;
 use super::{backing_key, nix_errno, Core};
 use crate::attr::file_attr;
 use crate::handles::OpenFile;
-use crate::hooks::{Caller, CloseEvent, OpenEvent, TruncateEvent, WriteEvent};
+use crate::hooks::{Caller, CloseEvent, OpenEvent, SyncedBy, TruncateEvent, WriteEvent};
 use crate::sync::lock;
 
 /// What `setattr` may change.
@@ -315,12 +315,14 @@ impl Core {
 
     pub(super) fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
         let h = self.handle(fh)?;
-        if datasync {
-            h.file.sync_data()?;
-        } else {
-            h.file.sync_all()?;
-        }
         let path = self.hook_path(h.ino);
+        if self.hooks.before_fsync(&path, datasync)? == SyncedBy::Nobody {
+            if datasync {
+                h.file.sync_data()?;
+            } else {
+                h.file.sync_all()?;
+            }
+        }
         self.hooks.after_fsync(&path, datasync)
     }
 
