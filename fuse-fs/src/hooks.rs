@@ -99,6 +99,11 @@ pub enum SyncedBy {
     /// The hook did (for example with one syncfs(2) that also covered files
     /// of its own); the backing fsync is skipped.
     Hook,
+    /// Nobody yet, and the filesystem should sync the whole backing
+    /// filesystem (syncfs(2)) rather than the file: that also makes every
+    /// name change durable, so a later fsync of a directory with no name
+    /// change since needs no sync of its own.
+    Filesystem,
 }
 
 /// Who made a request: ids from the FUSE request header (`pid` is the

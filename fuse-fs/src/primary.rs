@@ -45,8 +45,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::hooks::{
-    Errno, Hooks, LockAttempt, LockGranted, LocksReleased, OpenMode, ReleaseCause, SyncedBy,
-    TruncateEvent, WriteEvent,
+    Errno, Hooks, LockAttempt, LockGranted, LocksReleased, OpenEvent, OpenMode, ReleaseCause,
+    SyncedBy, TruncateEvent, WriteEvent,
 };
 use crate::locks::LockKind;
 use crate::passthrough::FsHandle;
@@ -148,6 +148,8 @@ struct DbState {
     journal_synced: bool,
     /// Writes and truncations of the database file through the mount.
     db_writes: u64,
+    /// The journal was created and not synced since.
+    journal_new: bool,
 }
 
 /// The primary's hooks over a [`TxSink`].
@@ -457,9 +459,24 @@ impl<S: TxSink> Hooks for PrimaryHooks<S> {
         }
     }
 
+    fn opened(&self, ev: &OpenEvent<'_>) -> Result<(), Errno> {
+        if let (true, Role::Journal(db)) = (ev.created, role(ev.path)) {
+            self.with_db(&db, |s| s.journal_new = true);
+        }
+        Ok(())
+    }
+
     fn before_fsync(&self, path: &Path, _datasync: bool) -> Result<SyncedBy, Errno> {
-        if role(path) != Role::Database {
-            return Ok(SyncedBy::Nobody);
+        match role(path) {
+            // SQLite syncs the directory right after the first sync of a new
+            // journal; one syncfs makes both durable, and the directory's
+            // fsync then finds nothing left to do (`fuse-fs` counts name
+            // changes).
+            Role::Journal(db) if self.with_db(&db, |s| std::mem::take(&mut s.journal_new)) => {
+                return Ok(SyncedBy::Filesystem)
+            }
+            Role::Database => {}
+            _ => return Ok(SyncedBy::Nobody),
         }
         let mut journal = path.as_os_str().to_owned();
         journal.push("-journal");

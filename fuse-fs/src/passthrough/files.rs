@@ -233,6 +233,7 @@ impl Core {
         flags: i32,
         make_backing: impl FnOnce(&File) -> io::Result<BackingId>,
     ) -> Result<(FileAttr, u64, Arc<OpenFile>), Errno> {
+        let _change = self.name_change();
         self.writable()?;
         let path = self.abs(&lock(&self.inodes).child_path(parent, name)?);
         self.hooks.before_create(&path)?;
@@ -316,12 +317,11 @@ impl Core {
     pub(super) fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
         let h = self.handle(fh)?;
         let path = self.hook_path(h.ino);
-        if self.hooks.before_fsync(&path, datasync)? == SyncedBy::Nobody {
-            if datasync {
-                h.file.sync_data()?;
-            } else {
-                h.file.sync_all()?;
-            }
+        match self.hooks.before_fsync(&path, datasync)? {
+            SyncedBy::Nobody if datasync => h.file.sync_data()?,
+            SyncedBy::Nobody => h.file.sync_all()?,
+            SyncedBy::Filesystem => self.syncfs(&h.file)?,
+            SyncedBy::Hook => {}
         }
         self.hooks.after_fsync(&path, datasync)
     }

@@ -27,6 +27,7 @@ mod names;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,6 +98,50 @@ struct Core {
     handles: Mutex<HandleTable>,
     locks: Arc<LockService<ReplyEmpty>>,
     euid: u32,
+    /// The device of the data directory.
+    root_dev: u64,
+    /// Name changes (create, unlink, rename, ...) completed so far.
+    name_changes: AtomicU64,
+    /// `name_changes` as it was when the last `syncfs` of the data
+    /// directory's filesystem started, once it has finished: while the two
+    /// are equal, every name change is durable, and a directory fsync needs
+    /// no sync of its own.
+    synced_names: AtomicU64,
+}
+
+/// Counts a name change when dropped (when the operation is over, whether
+/// or not it succeeded).
+struct NameChange<'a>(&'a AtomicU64);
+
+impl Drop for NameChange<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Core {
+    /// Marks the start of a name change; it is counted when the guard goes.
+    fn name_change(&self) -> NameChange<'_> {
+        NameChange(&self.name_changes)
+    }
+
+    /// One `syncfs(2)` of the filesystem of `f` in place of its fsync; if
+    /// that is the data directory's filesystem, the name changes completed
+    /// before it started are durable.
+    fn syncfs(&self, f: &fs::File) -> Result<(), Errno> {
+        let seen = self.name_changes.load(Ordering::SeqCst);
+        nix::unistd::syncfs(f).map_err(nix_errno)?;
+        if f.metadata().is_ok_and(|m| m.dev() == self.root_dev) {
+            self.synced_names.fetch_max(seen, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Whether every name change on the data directory's filesystem is
+    /// durable already.
+    fn names_synced(&self) -> bool {
+        self.name_changes.load(Ordering::SeqCst) == self.synced_names.load(Ordering::SeqCst)
+    }
 }
 
 /// A passthrough filesystem over a data directory; mount it with
@@ -165,6 +210,10 @@ impl PassthroughFs {
             hooks: Box::new(hooks),
             locks,
             euid: nix::unistd::geteuid().as_raw(),
+            root_dev: meta.dev(),
+            // Unequal: nothing is known to be synced yet.
+            name_changes: AtomicU64::new(1),
+            synced_names: AtomicU64::new(0),
         };
         Ok(PassthroughFs {
             core: Arc::new(core),
@@ -312,4 +361,35 @@ fn backing_key(m: &fs::Metadata) -> BackingKey {
 
 fn nix_errno(e: nix::Error) -> Errno {
     Errno::from_i32(e as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::NoHooks;
+
+    #[test]
+    fn a_directory_needs_no_sync_only_while_no_name_changed_since_a_syncfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = PassthroughFs::new(dir.path(), PassthroughOptions::default(), NoHooks).unwrap();
+        let core = &fs.core;
+        assert!(
+            !core.names_synced(),
+            "nothing is known to be synced at first"
+        );
+        let root = fs::File::open(dir.path()).unwrap();
+        core.syncfs(&root).unwrap();
+        assert!(core.names_synced());
+        {
+            let _change = core.name_change();
+            // In flight: a syncfs now may miss it, so it must not count.
+            core.syncfs(&root).unwrap();
+        }
+        assert!(
+            !core.names_synced(),
+            "a change that ended after the syncfs began"
+        );
+        core.syncfs(&root).unwrap();
+        assert!(core.names_synced());
+    }
 }
