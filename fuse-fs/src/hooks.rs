@@ -241,6 +241,8 @@ pub struct WriteEvent<'a> {
     pub data: &'a [u8],
     /// The lock owner, when the kernel sends it (direct-io writes do).
     pub lock_owner: Option<u64>,
+    /// The backing file the write goes to (hooks may read it).
+    pub file: &'a std::fs::File,
 }
 
 /// A file's size is about to be set: truncate(2)/ftruncate(2), or an open

@@ -165,56 +165,88 @@ impl<S: TxSink> std::fmt::Debug for PrimaryHooks<S> {
     }
 }
 
-/// Whether a database file is in WAL mode (header bytes 18 and 19 are 2).
-fn wal_mode(db: &Path) -> bool {
-    let mut b = [0u8; 2];
-    std::fs::File::open(db)
-        .and_then(|f| f.read_exact_at(&mut b, 18))
-        .is_ok_and(|()| b == [2, 2])
-}
-
 /// SQLite's file header.
 const MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
+/// The start of a database file (up to its 100-byte header) and its length,
+/// read once per hook call.
+struct Head {
+    len: u64,
+    bytes: [u8; 100],
+    /// How many of `bytes` were read.
+    n: usize,
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Head {
+            len: 0,
+            bytes: [0; 100],
+            n: 0,
+        }
+    }
+}
+
+impl Head {
+    fn of_file(f: &std::fs::File) -> Head {
+        let mut h = Head {
+            len: f.metadata().map_or(0, |m| m.len()),
+            ..Head::default()
+        };
+        h.n = f.read_at(&mut h.bytes, 0).unwrap_or(0);
+        h
+    }
+
+    fn of_path(p: &Path) -> Head {
+        std::fs::File::open(p).map_or_else(|_| Head::default(), |f| Head::of_file(&f))
+    }
+
+    fn has(&self, n: usize) -> Option<&[u8]> {
+        (self.n >= n).then(|| &self.bytes[..n])
+    }
+
+    /// The file starts with SQLite's header.
+    fn is_sqlite(&self) -> bool {
+        self.has(16).is_some_and(|b| b == MAGIC)
+    }
+
+    /// The database is in WAL mode (header bytes 18 and 19 are 2).
+    fn wal_mode(&self) -> bool {
+        self.has(20).is_some_and(|b| b[18..20] == [2, 2])
+    }
+
+    /// The page size in the header, if it has one.
+    fn page_size(&self) -> Option<u64> {
+        let b = self.has(18)?;
+        match u16::from_be_bytes([b[16], b[17]]) {
+            1 => Some(65536),
+            n if n >= 512 && n.is_power_of_two() => Some(u64::from(n)),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a database file is in WAL mode.
+fn wal_mode(db: &Path) -> bool {
+    Head::of_path(db).wal_mode()
+}
+
 /// Whether a write goes to a SQLite database: the file has the header, or
 /// the write puts it there.
-fn is_sqlite(path: &Path, offset: u64, data: &[u8]) -> bool {
-    if offset == 0 && data.starts_with(MAGIC) {
-        return true;
-    }
-    let mut b = [0u8; 16];
-    std::fs::File::open(path)
-        .and_then(|f| f.read_exact_at(&mut b, 0))
-        .is_ok_and(|()| &b == MAGIC)
+fn is_sqlite(head: &Head, offset: u64, data: &[u8]) -> bool {
+    (offset == 0 && data.starts_with(MAGIC)) || head.is_sqlite()
 }
 
 /// Whether a write of `len` bytes at `offset` is whole pages: one page of a
 /// valid page size at a multiple of it (a page-size change writes pages of
 /// the new size before the header says so), or pages of the header's size.
-fn whole_pages(path: &Path, offset: u64, len: u64) -> bool {
+fn whole_pages(head: &Head, offset: u64, len: u64) -> bool {
     let one_page =
         len.is_power_of_two() && (512..=65536).contains(&len) && offset.is_multiple_of(len);
     one_page
-        || header_page_size(path)
+        || head
+            .page_size()
             .is_some_and(|ps| len > 0 && offset.is_multiple_of(ps) && len.is_multiple_of(ps))
-}
-
-/// The length of a file (0 if it cannot be read).
-fn db_len(db: &Path) -> u64 {
-    std::fs::metadata(db).map_or(0, |m| m.len())
-}
-
-/// The page size in a database header, if it has one.
-fn header_page_size(db: &Path) -> Option<u64> {
-    let mut b = [0u8; 2];
-    std::fs::File::open(db)
-        .and_then(|f| f.read_exact_at(&mut b, 16))
-        .ok()?;
-    match u16::from_be_bytes(b) {
-        1 => Some(65536),
-        n if n >= 512 && n.is_power_of_two() => Some(u64::from(n)),
-        _ => None,
-    }
 }
 
 impl<S: TxSink> PrimaryHooks<S> {
@@ -275,7 +307,7 @@ impl<S: TxSink> PrimaryHooks<S> {
     /// Whether `owner` writes `db` as SQLite does: holding EXCLUSIVE (a write
     /// lock over the 510-byte SHARED range, merged or not with PENDING and
     /// RESERVED), or, in WAL mode, checkpointing (the `-shm` CKPT lock).
-    fn holds_write_locks(&self, db: &Path, owner: u64) -> bool {
+    fn holds_write_locks(&self, db: &Path, owner: u64, wal: bool) -> bool {
         let Some(fs) = self.fs.get() else {
             return true;
         };
@@ -288,7 +320,7 @@ impl<S: TxSink> PrimaryHooks<S> {
                 })
             })
         });
-        if exclusive || !wal_mode(db) {
+        if exclusive || !wal {
             return exclusive;
         }
         let mut shm = db.as_os_str().to_owned();
@@ -306,24 +338,24 @@ impl<S: TxSink> PrimaryHooks<S> {
     /// write locks), and in a rollback-journal mode only with a journal
     /// beside it (SQLite writes pages after syncing the journal; without one
     /// the mode is MEMORY or OFF, whose commits cannot be seen).
-    fn check_db_write(&self, ev: &WriteEvent<'_>) -> Result<(), Errno> {
+    fn check_db_write(&self, ev: &WriteEvent<'_>, head: &Head) -> Result<(), Errno> {
         let (db, offset, len) = (ev.path, ev.offset, ev.data.len() as u64);
         let refuse = |why: String, errno: Errno| {
             self.sink.refused(db, &why);
             Err(errno)
         };
-        if !whole_pages(db, offset, len) {
+        if !whole_pages(head, offset, len) {
             return refuse(
                 format!("a write of {len} bytes at offset {offset} is not whole pages: only SQLite may write database files under the mount"),
                 Errno::EINVAL,
             );
         }
-        if db_len(db) == 0 {
+        if head.len == 0 {
             // A new database's first page.
             return Ok(());
         }
         if let Some(owner) = ev.lock_owner {
-            if !self.holds_write_locks(db, owner) {
+            if !self.holds_write_locks(db, owner, head.wal_mode()) {
                 return refuse(
                     "a write by a process that does not hold SQLite's write lock: only SQLite may write database files under the mount (copy a database into the data directory before mounting)".into(),
                     Errno::EPERM,
@@ -332,7 +364,7 @@ impl<S: TxSink> PrimaryHooks<S> {
         }
         let mut j = db.as_os_str().to_owned();
         j.push("-journal");
-        if !wal_mode(db) && !Path::new(&j).exists() {
+        if !head.wal_mode() && !Path::new(&j).exists() {
             return refuse(
                 "journal_mode=MEMORY or OFF writes no journal, so no commit can be seen; use PRAGMA journal_mode=WAL (or DELETE, TRUNCATE, PERSIST)".into(),
                 Errno::EPERM,
@@ -382,7 +414,7 @@ impl<S: TxSink> Hooks for PrimaryHooks<S> {
             }
             Role::Database
                 if ev.range.end() - ev.range.start() + 1 == SHARED_SIZE
-                    && is_sqlite(ev.path, 1, &[]) =>
+                    && Head::of_path(ev.path).is_sqlite() =>
             {
                 self.check_exclusive(ev.path)
             }
@@ -438,8 +470,13 @@ impl<S: TxSink> Hooks for PrimaryHooks<S> {
             }
             Role::Database => {
                 self.db_written(ev.path);
-                if is_sqlite(ev.path, ev.offset, ev.data) {
-                    self.check_db_write(ev)
+                // The handle may be write-only: then read by path.
+                let head = match Head::of_file(ev.file) {
+                    h if h.n == 0 && h.len > 0 => Head::of_path(ev.path),
+                    h => h,
+                };
+                if is_sqlite(&head, ev.offset, ev.data) {
+                    self.check_db_write(ev, &head)
                 } else {
                     Ok(())
                 }

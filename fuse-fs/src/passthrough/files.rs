@@ -308,6 +308,7 @@ impl Core {
                 offset,
                 data,
                 lock_owner,
+                file: &h.file,
             })?;
         }
         h.file.write_all_at(data, offset)?;
