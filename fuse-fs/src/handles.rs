@@ -80,7 +80,9 @@ pub struct DirHandle {
     /// FUSE inode of the directory.
     pub ino: u64,
     /// Entries, `.` and `..` first; the readdir offset of entry `i` is `i + 1`.
-    pub entries: Vec<DirEntry>,
+    /// Read at the first `readdir`, not at `opendir`: SQLite opens the
+    /// directory at every rollback-journal commit only to fsync it.
+    pub entries: std::sync::OnceLock<Vec<DirEntry>>,
 }
 
 /// One directory entry.

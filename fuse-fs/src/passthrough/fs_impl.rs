@@ -324,8 +324,15 @@ impl Filesystem for PassthroughFs {
         let Some(dir) = lock(&self.core.handles).dir(fh.0) else {
             return reply.error(Errno::EBADF);
         };
+        let entries = match dir.entries.get() {
+            Some(e) => e,
+            None => match self.core.list_dir(dir.ino) {
+                Ok(list) => dir.entries.get_or_init(|| list),
+                Err(e) => return reply.error(e),
+            },
+        };
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, e) in dir.entries.iter().enumerate().skip(start) {
+        for (i, e) in entries.iter().enumerate().skip(start) {
             if reply.add(INodeNo(e.ino), i as u64 + 1, e.kind, &e.name) {
                 break;
             }

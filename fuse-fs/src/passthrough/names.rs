@@ -213,6 +213,18 @@ impl Core {
 
     pub(super) fn opendir(&self, ino: u64) -> Result<u64, Errno> {
         let path = self.path(ino)?;
+        if !fs::metadata(&path)?.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(lock(&self.handles).add_dir(DirHandle {
+            ino,
+            entries: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// The entries of directory `ino`, `.` and `..` first.
+    pub(super) fn list_dir(&self, ino: u64) -> Result<Vec<DirEntry>, Errno> {
+        let path = self.path(ino)?;
         let parent_ino = if ino == ROOT_INO { ROOT_INO } else { 0 };
         let mut entries = vec![
             DirEntry {
@@ -239,7 +251,7 @@ impl Core {
                 ino: std::os::unix::fs::DirEntryExt::ino(&e),
             });
         }
-        Ok(lock(&self.handles).add_dir(DirHandle { ino, entries }))
+        Ok(entries)
     }
 
     pub(super) fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<(), Errno> {
