@@ -226,11 +226,6 @@ impl Head {
     }
 }
 
-/// Whether a database file is in WAL mode.
-fn wal_mode(db: &Path) -> bool {
-    Head::of_path(db).wal_mode()
-}
-
 /// Whether a write goes to a SQLite database: the file has the header, or
 /// the write puts it there.
 fn is_sqlite(head: &Head, offset: u64, data: &[u8]) -> bool {
@@ -293,8 +288,8 @@ impl<S: TxSink> PrimaryHooks<S> {
     /// WAL-index: exclusive locking mode (its WAL-index lives in the
     /// writer's heap), refused. A connection closing the WAL, or leaving WAL
     /// mode, holds the WAL-index (or others do, and the lock conflicts).
-    fn check_exclusive(&self, db: &Path) -> Result<(), Errno> {
-        if !wal_mode(db) || self.wal_index_in_use(db) {
+    fn check_exclusive(&self, db: &Path, head: &Head) -> Result<(), Errno> {
+        if !head.wal_mode() || self.wal_index_in_use(db) {
             return Ok(());
         }
         self.sink.refused(
@@ -412,11 +407,13 @@ impl<S: TxSink> Hooks for PrimaryHooks<S> {
                     Err(Errno::EAGAIN)
                 }
             }
-            Role::Database
-                if ev.range.end() - ev.range.start() + 1 == SHARED_SIZE
-                    && Head::of_path(ev.path).is_sqlite() =>
-            {
-                self.check_exclusive(ev.path)
+            Role::Database if ev.range.end() - ev.range.start() + 1 == SHARED_SIZE => {
+                let head = Head::of_path(ev.path);
+                if head.is_sqlite() {
+                    self.check_exclusive(ev.path, &head)
+                } else {
+                    Ok(())
+                }
             }
             _ => Ok(()),
         }

@@ -83,10 +83,7 @@ struct Built {
 struct Early {
     /// The database's write count when it was captured.
     writes: u64,
-    txid: Txid,
-    commit: u32,
-    table: Vec<u64>,
-    post: Checksum,
+    built: Built,
     path: PathBuf,
 }
 
@@ -262,10 +259,10 @@ impl DbCapture {
             debug!(db = %self.db.display(), "the database changed after its fsync: capturing again");
             remove_early(&e);
         }
-        let Some(changed) = self.journal_pages(journal)? else {
+        let Some((commit, changed)) = self.journal_pages(journal)? else {
             return Ok(false);
         };
-        self.stage(changed.0, &Pages::Db(&changed.1), durable, None)
+        self.stage(commit, &Pages::Db(&changed), durable, None)
     }
 
     /// The database is about to be fsynced while its journal `journal`
@@ -298,10 +295,7 @@ impl DbCapture {
         let synced = self.staging.sync_deferred(&path, &self.db_file)?;
         self.early = Some(Early {
             writes,
-            txid: b.txid,
-            commit: b.commit,
-            table: b.table,
-            post: b.post,
+            built: b,
             path,
         });
         Ok(synced)
@@ -309,18 +303,23 @@ impl DbCapture {
 
     /// The transaction captured at the database's fsync committed.
     fn commit_early(&mut self, e: Early) {
-        self.pages = e.table;
-        self.commit = e.commit;
-        self.txid = e.txid;
-        self.last_post = e.post;
-        let staged = StagedL0 {
-            txid: e.txid,
-            post_apply: e.post,
-            path: e.path,
-            full: false,
-        };
+        let staged = self.advance(e.built, e.path);
         self.deferred.push((staged, true));
         self.persist();
+    }
+
+    /// Moves the state on to a transaction written at `path`.
+    fn advance(&mut self, b: Built, path: PathBuf) -> StagedL0 {
+        self.pages = b.table;
+        self.commit = b.commit;
+        self.txid = b.txid;
+        self.last_post = b.post;
+        StagedL0 {
+            txid: b.txid,
+            post_apply: b.post,
+            path,
+            full: false,
+        }
     }
 
     /// The database size and the pages the transaction of the journal at
@@ -426,19 +425,10 @@ impl DbCapture {
         } else {
             self.staging.write_deferred(b.txid, encode)?
         };
-        self.pages = b.table;
-        self.commit = b.commit;
-        self.txid = b.txid;
-        self.last_post = b.post;
+        let staged = self.advance(b, path);
         if wal.is_some() {
             self.wal = wal;
         }
-        let staged = StagedL0 {
-            txid: b.txid,
-            post_apply: b.post,
-            path,
-            full: false,
-        };
         if durable {
             self.handoff.staged(&staged);
         } else {
