@@ -9,6 +9,7 @@
 //! <staging>/deferred/<txid>-<txid>.ltx    L0 files not yet fsynced (FUSE capture
 //!                                         of transactions SQLite did not sync)
 //! <staging>/drill/                        scratch copies of scheduled drills
+//! <staging>/spare/<n>                     files kept for reuse by deferred L0 files
 //! ```
 //!
 //! Invariants: an LTX file appears under its final name only once it is
@@ -20,6 +21,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ltx_format::{format_filename, parse_filename, Txid};
 use s3_backend::layout::SNAPSHOT_LEVEL;
@@ -286,7 +289,7 @@ impl StagingDir {
             &self.deferred_dir(),
             &format_filename(txid, txid),
             WriteMode::Unsynced,
-            Some(self.spare_path(txid)),
+            self.spares().take(),
             encode,
         )
     }
@@ -403,39 +406,147 @@ impl StagingDir {
     }
 
     /// Removes a staged file that is no longer needed. Where deferred files
-    /// are written (`sluice mount`), an L0 file is kept as a spare instead (at most [`SPARES`] of them, each replacing the
-    /// one in its slot): the next deferred L0 file reuses its inode. Under
-    /// a steady stream of one-transaction files, allocating a new inode for
-    /// each was a tenth of the mount's CPU time (ext4 scans the inodes
-    /// deleted recently before reusing one).
+    /// are written (`sluice mount`), an L0 file goes back to the spare pool
+    /// instead, while the pool holds fewer than [`SPARES_KEPT`] files (and
+    /// the file is at most [`SPARE_MAX_BYTES`]).
     pub fn remove(&self, f: &LocalFile) -> Result<(), StagingError> {
-        if f.level == 0 && self.deferred_dir().is_dir() {
-            let dir = self.root.join("spare");
-            let to = self.spare_path(f.max);
-            let kept = std::fs::rename(&f.path, &to).or_else(|e| {
-                if e.kind() != io::ErrorKind::NotFound {
-                    return Err(e);
-                }
-                std::fs::create_dir_all(&dir)?;
-                std::fs::rename(&f.path, &to)
-            });
-            if kept.is_ok() {
-                return Ok(());
-            }
+        let small = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() <= SPARE_MAX_BYTES);
+        if f.level == 0
+            && self.deferred_dir().is_dir()
+            && small(&f.path)
+            && self.spares().keep(&f.path)
+        {
+            return Ok(());
         }
         std::fs::remove_file(&f.path).map_err(|e| StagingError::io("remove", &f.path, e))
     }
 
-    /// The spare slot of TXID `txid`.
-    fn spare_path(&self, txid: Txid) -> PathBuf {
-        self.root.join("spare").join((txid.0 % SPARES).to_string())
+    /// Tops the spare pool up to [`SPARES_READY`] empty files (at most that
+    /// many per call). The mount's flusher calls this every interval, so a
+    /// deferred L0 file takes an existing inode instead of allocating one
+    /// while SQLite waits: on ext4, allocating an inode scans every inode
+    /// deleted in the last minutes (five when their table block is dirty),
+    /// which under a stream of deletions (a DELETE-mode journal per
+    /// transaction, a directory removed) cost more than the rest of a WAL
+    /// commit. Returns how many files it made.
+    pub fn refill_spares(&self) -> Result<usize, StagingError> {
+        let pool = self.spares();
+        let dir = self.root.join("spare");
+        let mut made = 0;
+        while pool.len() < SPARES_READY {
+            if made == 0 {
+                std::fs::create_dir_all(&dir).map_err(|e| StagingError::io("create", &dir, e))?;
+            }
+            let path = dir.join(pool.next_name().to_string());
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(_) => pool.put(path),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(StagingError::io("create", &path, e)),
+            }
+            made += 1;
+        }
+        Ok(made)
+    }
+
+    /// The spare pool of this directory, shared by every `StagingDir` of
+    /// the same root in the process; filled from `spare/` at first use.
+    fn spares(&self) -> Arc<SparePool> {
+        static POOLS: OnceLock<Mutex<std::collections::HashMap<PathBuf, Arc<SparePool>>>> =
+            OnceLock::new();
+        let mut pools = POOLS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pools
+            .entry(self.root.clone())
+            .or_insert_with(|| Arc::new(SparePool::scan(self.root.join("spare"))))
+            .clone()
+    }
+}
+
+/// Files ready to become deferred L0 files by a rename (see
+/// [`StagingDir::refill_spares`]): removed L0 files and empty files made
+/// ahead of need. Their content never matters: a reuse truncates.
+#[derive(Debug)]
+struct SparePool {
+    dir: PathBuf,
+    free: Mutex<Vec<PathBuf>>,
+    next: AtomicU64,
+}
+
+impl SparePool {
+    /// The pool of the files already in `dir`; new names count on from the
+    /// highest numeric one.
+    fn scan(dir: PathBuf) -> SparePool {
+        let mut free = Vec::new();
+        let mut next = 0;
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+                next = next.max(n + 1);
+                free.push(e.path());
+            }
+        }
+        SparePool {
+            dir,
+            free: Mutex::new(free),
+            next: AtomicU64::new(next),
+        }
+    }
+
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.list().len()
+    }
+
+    fn next_name(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn take(&self) -> Option<PathBuf> {
+        self.list().pop()
+    }
+
+    fn put(&self, path: PathBuf) {
+        self.list().push(path);
+    }
+
+    /// Moves the file at `path` into the pool unless it is full; false if
+    /// it was not kept.
+    fn keep(&self, path: &Path) -> bool {
+        if self.len() >= SPARES_KEPT {
+            return false;
+        }
+        let to = self.dir.join(self.next_name().to_string());
+        let kept = std::fs::rename(path, &to).or_else(|e| {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(e);
+            }
+            std::fs::create_dir_all(&self.dir)?;
+            std::fs::rename(path, &to)
+        });
+        if kept.is_ok() {
+            self.put(to);
+        }
+        kept.is_ok()
     }
 }
 
 const PENDING_FILE: &str = "pending.ltx";
 
-/// How many removed L0 files are kept for reuse.
-const SPARES: u64 = 64;
+/// How many empty spare files the flusher keeps ready: a quarter second of
+/// commits at 2,000 per second.
+const SPARES_READY: usize = 512;
+
+/// A removed L0 file larger than this is deleted rather than kept: a spare
+/// holds its blocks until reused.
+const SPARE_MAX_BYTES: u64 = 1 << 20;
+
+/// At most this many files in the spare pool (removed L0 files go back to
+/// it up to this).
+const SPARES_KEPT: usize = 4096;
 
 /// How a file is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -574,10 +685,17 @@ mod tests {
     }
 
     #[test]
-    fn a_removed_l0_file_is_reused_by_the_next_deferred_file_of_its_slot() {
+    fn deferred_files_take_spare_inodes_made_ahead_or_left_by_removed_l0_files() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let s = StagingDir::new(dir.path());
+        let spares = || -> Vec<u64> {
+            let mut v: Vec<u64> = std::fs::read_dir(dir.path().join("spare"))
+                .map(|d| d.map(|e| e.unwrap().metadata().unwrap().ino()).collect())
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
         let page = |w: &mut BufWriter<SyncEvery<'_>>| {
             std::io::Write::write_all(w, b"ltx bytes").map_err(ltx_format::Error::from)
         };
@@ -590,23 +708,45 @@ mod tests {
             path: p.to_path_buf(),
         };
         s.remove(&f(&p, 1)).unwrap();
-        assert!(!p.exists() && !s.spare_path(Txid(1)).exists());
+        assert!(!p.exists() && spares().is_empty());
+        // A removed L0 file becomes the next deferred file, emptied first.
         let d = s.write_deferred(Txid(2), page).unwrap();
         let ino = std::fs::metadata(&d).unwrap().ino();
         s.remove(&f(&d, 2)).unwrap();
         assert!(!d.exists());
-        assert_eq!(std::fs::metadata(s.spare_path(Txid(2))).unwrap().ino(), ino);
-        let again = s.write_deferred(Txid(2 + SPARES), |w| {
-            std::io::Write::write_all(w, b"new").map_err(ltx_format::Error::from)
-        });
-        let again = again.unwrap();
+        assert_eq!(spares(), vec![ino]);
+        let again = s
+            .write_deferred(Txid(3), |w| {
+                std::io::Write::write_all(w, b"new").map_err(ltx_format::Error::from)
+            })
+            .unwrap();
         assert_eq!(
             std::fs::metadata(&again).unwrap().ino(),
             ino,
             "inode reused"
         );
         assert_eq!(std::fs::read(&again).unwrap(), b"new", "old content gone");
-        assert!(!s.spare_path(Txid(2)).exists());
+        assert!(spares().is_empty());
+        // The flusher keeps empty files ready; a deferred file takes one.
+        assert_eq!(s.refill_spares().unwrap(), SPARES_READY);
+        assert_eq!(s.refill_spares().unwrap(), 0, "already full");
+        let ready = spares();
+        assert_eq!(ready.len(), SPARES_READY);
+        let next = s.write_deferred(Txid(4), page).unwrap();
+        let ino = std::fs::metadata(&next).unwrap().ino();
+        assert!(ready.contains(&ino) && !spares().contains(&ino));
+        assert_eq!(std::fs::read(&next).unwrap(), b"ltx bytes");
+        // Another process (a restart) finds the pool's files and goes on
+        // numbering after them.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(other.path().join("spare")).unwrap();
+        std::fs::write(other.path().join("spare/41"), b"").unwrap();
+        let o = StagingDir::new(other.path());
+        assert_eq!(o.refill_spares().unwrap(), SPARES_READY - 1);
+        assert!(other
+            .path()
+            .join(format!("spare/{}", 41 + SPARES_READY - 1))
+            .exists());
     }
 
     #[test]

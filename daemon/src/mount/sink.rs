@@ -266,6 +266,7 @@ impl MountSink {
                 None => None,
             };
             let mut guard = d.capture.lock().unwrap_or_else(|p| p.into_inner());
+            let staging = guard.as_ref().map(|c| c.staging().clone());
             if let Some(cap) = guard.as_mut() {
                 if let Some(txid) = synced {
                     cap.synced_up_to(txid);
@@ -277,6 +278,12 @@ impl MountSink {
                         d.handoff.fail(e.to_string());
                         *guard = None;
                     }
+                }
+            }
+            drop(guard);
+            if let (false, Some(s)) = (all, staging) {
+                if let Err(e) = s.refill_spares() {
+                    warn!(db = %path.display(), "making spare files: {e}");
                 }
             }
         }
