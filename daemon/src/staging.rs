@@ -21,7 +21,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ltx_format::{format_filename, parse_filename, Txid};
@@ -421,8 +421,9 @@ impl StagingDir {
         std::fs::remove_file(&f.path).map_err(|e| StagingError::io("remove", &f.path, e))
     }
 
-    /// Tops the spare pool up to [`SPARES_READY`] empty files (at most that
-    /// many per call). The mount's flusher calls this every interval, so a
+    /// Tops the spare pool up towards [`SPARES_READY`] empty files, making
+    /// [`SPARES_PER_REFILL`] plus twice as many as were taken since the last
+    /// call. The mount's flusher calls this every interval, so a
     /// deferred L0 file takes an existing inode instead of allocating one
     /// while SQLite waits: on ext4, allocating an inode scans every inode
     /// deleted in the last minutes (five when their table block is dirty),
@@ -432,8 +433,11 @@ impl StagingDir {
     pub fn refill_spares(&self) -> Result<usize, StagingError> {
         let pool = self.spares();
         let dir = self.root.join("spare");
+        // Ramp up with demand: a new pool's 512 files at once would stall
+        // the disk and the CPU that the application's commits share.
+        let budget = SPARES_PER_REFILL + 2 * pool.taken.swap(0, Ordering::Relaxed);
         let mut made = 0;
-        while pool.len() < SPARES_READY {
+        while pool.len() < SPARES_READY && made < budget {
             if made == 0 {
                 std::fs::create_dir_all(&dir).map_err(|e| StagingError::io("create", &dir, e))?;
             }
@@ -472,6 +476,8 @@ struct SparePool {
     dir: PathBuf,
     free: Mutex<Vec<PathBuf>>,
     next: AtomicU64,
+    /// Files taken since the last refill.
+    taken: AtomicUsize,
 }
 
 impl SparePool {
@@ -490,6 +496,7 @@ impl SparePool {
             dir,
             free: Mutex::new(free),
             next: AtomicU64::new(next),
+            taken: AtomicUsize::new(0),
         }
     }
 
@@ -506,6 +513,7 @@ impl SparePool {
     }
 
     fn take(&self) -> Option<PathBuf> {
+        self.taken.fetch_add(1, Ordering::Relaxed);
         self.list().pop()
     }
 
@@ -539,6 +547,9 @@ const PENDING_FILE: &str = "pending.ltx";
 /// How many empty spare files the flusher keeps ready: a quarter second of
 /// commits at 2,000 per second.
 const SPARES_READY: usize = 512;
+
+/// Files a refill makes at least (plus twice those taken since the last).
+const SPARES_PER_REFILL: usize = 32;
 
 /// A removed L0 file larger than this is deleted rather than kept: a spare
 /// holds its blocks until reused.
@@ -727,8 +738,10 @@ mod tests {
         );
         assert_eq!(std::fs::read(&again).unwrap(), b"new", "old content gone");
         assert!(spares().is_empty());
-        // The flusher keeps empty files ready; a deferred file takes one.
-        assert_eq!(s.refill_spares().unwrap(), SPARES_READY);
+        // The flusher keeps empty files ready, ramping up with demand; a
+        // deferred file takes one.
+        assert_eq!(s.refill_spares().unwrap(), SPARES_PER_REFILL + 2 * 2);
+        while s.refill_spares().unwrap() > 0 {}
         assert_eq!(s.refill_spares().unwrap(), 0, "already full");
         let ready = spares();
         assert_eq!(ready.len(), SPARES_READY);
@@ -742,7 +755,13 @@ mod tests {
         std::fs::create_dir_all(other.path().join("spare")).unwrap();
         std::fs::write(other.path().join("spare/41"), b"").unwrap();
         let o = StagingDir::new(other.path());
-        assert_eq!(o.refill_spares().unwrap(), SPARES_READY - 1);
+        while o.refill_spares().unwrap() > 0 {}
+        assert_eq!(
+            std::fs::read_dir(other.path().join("spare"))
+                .unwrap()
+                .count(),
+            SPARES_READY
+        );
         assert!(other
             .path()
             .join(format!("spare/{}", 41 + SPARES_READY - 1))
