@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::capture::DbCapture;
 use super::recover::open_capture;
 use crate::pipeline::metrics::{DbMetrics, Metrics};
 use crate::pipeline::{Handoff, Pipeline, PipelineSpec, Stops};
+use crate::staging::StagingError;
 use crate::wal::error::CaptureError;
 
 /// How each database of a mount is replicated.
@@ -282,8 +283,14 @@ impl MountSink {
             }
             drop(guard);
             if let (false, Some(s)) = (all, staging) {
-                if let Err(e) = s.refill_spares() {
-                    warn!(db = %path.display(), "making spare files: {e}");
+                match s.refill_spares() {
+                    // A full disk is said by the captures that fail; the
+                    // pool only saves time.
+                    Err(e @ StagingError::NoSpace { .. }) => {
+                        debug!(db = %path.display(), "making spare files: {e}")
+                    }
+                    Err(e) => warn!(db = %path.display(), "making spare files: {e}"),
+                    Ok(_) => {}
                 }
             }
         }
