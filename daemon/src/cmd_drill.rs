@@ -94,7 +94,7 @@ pub fn run(args: DrillArgs) -> Result<ExitCode> {
                 "drills": many.iter().map(report_json).collect::<Vec<_>>(),
             }),
         };
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for r in &reports {
             print_text(r);
@@ -283,19 +283,19 @@ fn print_text(r: &DrillReport) {
         Outcome::Ok => "drill ok".to_string(),
         _ => format!("drill FAILED: {}", r.reason.as_deref().unwrap_or("?")),
     };
-    println!("{head}");
-    println!("  replica    {}", r.replica);
+    outln!("{head}");
+    outln!("  replica    {}", r.replica);
     if let Some(db) = &r.db {
-        println!("  primary    {}", db.display());
+        outln!("  primary    {}", db.display());
     }
     if let Some((t, ms)) = r.newest {
-        println!(
+        outln!(
             "  newest     TXID {t} committed {}",
             ms.map_or("at an unknown time".into(), format_ms)
         );
     }
     if let Some(x) = &r.restored {
-        println!(
+        outln!(
             "  restored   TXID {} committed {}, checksum {}, {} pages of {} bytes",
             x.txid,
             x.time_ms.map_or("at an unknown time".into(), format_ms),
@@ -309,13 +309,13 @@ fn print_text(r: &DrillReport) {
             (Some(t), Some(n)) => format!("primary staged TXID {t}, replica {n} TXIDs behind"),
             _ => "age of the newest file".to_string(),
         };
-        println!("  rpo        {:.3}s ({basis})", p.seconds);
+        outln!("  rpo        {:.3}s ({basis})", p.seconds);
     }
     if r.replica_files > 0 {
         print_measures(r);
     }
     for c in &r.checks {
-        println!(
+        outln!(
             "  check      {:<18} {:<7} {}",
             c.name,
             status(c.status),
@@ -323,14 +323,14 @@ fn print_text(r: &DrillReport) {
         );
     }
     if let Some(k) = &r.kept {
-        println!("  kept       {}", k.display());
+        outln!("  kept       {}", k.display());
     }
 }
 
 /// RTO, bytes, the plan and the store's capabilities.
 fn print_measures(r: &DrillReport) {
     let t = &r.rto;
-    println!(
+    outln!(
         "  rto        {:.3}s: list {:.3}s, download {:.3}s, rebuild/verify {:.3}s, integrity check {:.3}s",
         t.total().as_secs_f64(),
         t.list.as_secs_f64(),
@@ -338,12 +338,15 @@ fn print_measures(r: &DrillReport) {
         t.rebuild_verify.as_secs_f64(),
         t.integrity_check.as_secs_f64()
     );
-    println!(
+    outln!(
         "  bytes      {} fetched in {} requests; replica {} files, {} bytes",
-        r.bytes_fetched, r.requests, r.replica_files, r.replica_bytes
+        r.bytes_fetched,
+        r.requests,
+        r.replica_files,
+        r.replica_bytes
     );
     let plan: Vec<String> = r.plan.iter().map(|f| f.to_string()).collect();
-    println!("  plan       {} files: {}", plan.len(), plan.join(", "));
+    outln!("  plan       {} files: {}", plan.len(), plan.join(", "));
     let cw = match (r.conditional_writes, &r.capability_note) {
         (Some(true), _) => "honoured".to_string(),
         (Some(false), _) => {
@@ -352,5 +355,5 @@ fn print_measures(r: &DrillReport) {
         (None, Some(n)) => format!("unknown ({n})"),
         (None, None) => "not probed".to_string(),
     };
-    println!("  store      conditional writes (If-None-Match): {cw}");
+    outln!("  store      conditional writes (If-None-Match): {cw}");
 }

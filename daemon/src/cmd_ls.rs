@@ -50,14 +50,18 @@ pub fn run(url: &str, json: bool) -> Result<ExitCode> {
     };
     let entries = rt.block_on(list_replica(&url, policy))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        outln!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("level  min_txid          max_txid          size       created");
+    outln!("level  min_txid          max_txid          size       created");
     for e in &entries {
-        println!(
+        outln!(
             "{:<6} {}  {}  {:<10} {}",
-            e.level, e.min_txid, e.max_txid, e.size, e.timestamp
+            e.level,
+            e.min_txid,
+            e.max_txid,
+            e.size,
+            e.timestamp
         );
     }
     if entries.is_empty() {

@@ -35,7 +35,7 @@ pub fn verify(files: &[PathBuf]) -> Result<ExitCode> {
                 } else {
                     "incremental"
                 };
-                println!(
+                outln!(
                     "ok   {}: TXID {}-{} {kind}, {} pages, commit {}, {}",
                     p.display(),
                     h.min_txid,
@@ -51,7 +51,7 @@ pub fn verify(files: &[PathBuf]) -> Result<ExitCode> {
             }
             Err(e) => {
                 failed += 1;
-                println!("FAIL {e:#}");
+                outln!("FAIL {e:#}");
             }
         }
     }
@@ -110,10 +110,10 @@ pub fn dump(path: &Path, as_json: bool) -> Result<ExitCode> {
                 "file_checksum": t.file_checksum.to_string(),
             },
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut o = std::io::stdout().lock();
+    let mut o = crate::out();
     writeln!(
         o,
         "file:               {}  ({} bytes)",
@@ -184,7 +184,7 @@ pub fn apply(db: &Path, files: &[PathBuf]) -> Result<ExitCode> {
             .apply_path(p)
             .with_context(|| format!("{}: not applied to {}", p.display(), db.display()))?;
         let h = done.header;
-        println!(
+        outln!(
             "applied {}: TXID {}-{}, commit {}, database checksum {}",
             p.display(),
             h.min_txid,
@@ -202,7 +202,7 @@ pub fn checksum(db: &Path) -> Result<ExitCode> {
     let f = File::open(db).with_context(|| format!("cannot open database {}", db.display()))?;
     let (sum, _) =
         checksum_database(BufReader::new(f)).with_context(|| db.display().to_string())?;
-    println!("{sum}");
+    outln!("{sum}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -237,7 +237,7 @@ pub fn encode_db(
     let f = w.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
     std::fs::rename(&tmp, out)?;
-    println!(
+    outln!(
         "wrote {}: snapshot TXID {}-{}, {} pages of {}, database checksum {sum}",
         out.display(),
         Txid(1),

@@ -215,10 +215,10 @@ fn print_plan(
             "files": plan.files.iter().map(file_json).collect::<Vec<_>>(),
             "bytes": plan.total_bytes(),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "plan: TXID {}{} from {} file{}, {} bytes, replica {url}, output {}",
         plan.target,
         time.map(|t| format!(" (committed {})", format_ms(t)))
@@ -228,11 +228,15 @@ fn print_plan(
         plan.total_bytes(),
         output.display()
     );
-    println!("level  min_txid          max_txid          size        key");
+    outln!("level  min_txid          max_txid          size        key");
     for f in &plan.files {
-        println!(
+        outln!(
             "{:<6} {}  {}  {:<11} {}",
-            f.level, f.min, f.max, f.size, f.key
+            f.level,
+            f.min,
+            f.max,
+            f.size,
+            f.key
         );
     }
     Ok(())
@@ -259,7 +263,7 @@ fn print_restored(r: &Restored, url: &ReplicaUrl, as_json: bool) -> Result<()> {
             "requests": r.requests,
             "elapsed_ms": r.elapsed.as_millis() as u64,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let verified = match (r.checksum_matched_post_apply, r.files_verified) {
@@ -271,7 +275,7 @@ fn print_restored(r: &Restored, url: &ReplicaUrl, as_json: bool) -> Result<()> {
         IntegrityCheck::None => String::new(),
         m => format!(", {} integrity check ok", m.as_str()),
     };
-    println!(
+    outln!(
         "restored {}: TXID {} committed {}, {} pages of {} ({size} bytes), database checksum {} ({verified}{integrity}); {} file{}, {} bytes fetched from {url} in {:.2}s",
         r.output.display(),
         r.txid,
@@ -289,12 +293,12 @@ fn print_restored(r: &Restored, url: &ReplicaUrl, as_json: bool) -> Result<()> {
 
 fn skip(reason: &str, as_json: bool) -> Result<ExitCode> {
     if as_json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "skipped": reason }))?
         );
     } else {
-        println!("nothing restored: {reason}");
+        outln!("nothing restored: {reason}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,15 @@
 //! `sluice`: the replication sidecar's single binary. `main` parses the command
 //! line and dispatches to one function per subcommand.
 
+/// `println!` for command output: a reader that stops early (`sluice ls |
+/// head`) ends the process quietly with status 0, as other command-line
+/// tools do, instead of Rust's "failed printing to stdout" panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::print_line(format_args!($($arg)*))
+    };
+}
+
 mod cmd_drill;
 mod cmd_ls;
 mod cmd_ltx;
@@ -315,6 +324,46 @@ fn replica_cmd(a: ReplicaArgs) -> anyhow::Result<ExitCode> {
     };
     init_logging(format, level.as_deref());
     replica::mount::run(specs, a.metrics_addr.or(metrics_addr))
+}
+
+/// Standard output for command output (see `outln!`): a reader that stops
+/// early ends the process quietly with status 0; any other write error
+/// ends it with status 1 and says so.
+struct Out(std::io::StdoutLock<'static>);
+
+fn out() -> Out {
+    Out(std::io::stdout().lock())
+}
+
+impl Out {
+    fn check<T>(r: std::io::Result<T>) -> std::io::Result<T> {
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            Err(e) => {
+                eprintln!("error: cannot write to standard output: {e}");
+                std::process::exit(1);
+            }
+            ok => ok,
+        }
+    }
+}
+
+impl std::io::Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Self::check(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Self::check(self.0.flush())
+    }
+}
+
+/// Writes one line of command output (see `outln!`).
+fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut o = out();
+    // Errors end the process inside `Out`.
+    let _ = o.write_fmt(args).and_then(|()| o.write_all(b"\n"));
 }
 
 fn main() -> ExitCode {

@@ -217,6 +217,42 @@ fn dump_json_describes_the_file() {
     );
 }
 
+#[test]
+fn a_reader_that_stops_early_ends_the_output_quietly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, ltx) = (dir.path().join("big.db"), dir.path().join("big.ltx"));
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "PRAGMA page_size=512; CREATE TABLE t(v TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 30000)
+         INSERT INTO t(v) SELECT hex(randomblob(40)) FROM n;",
+    )
+    .unwrap();
+    drop(c);
+    let o = sluice(&["ltx", "encode-db", s(&db), "-o", s(&ltx)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Far more than a pipe holds, so the dump is still writing when the
+    // reader goes (`sluice ltx dump big.ltx | head -c 100`).
+    let all = sluice(&["ltx", "dump", s(&ltx)]);
+    assert!(all.stdout.len() > 2 * 65536, "{} bytes", all.stdout.len());
+    let mut child = Command::new(integration::sluice_bin())
+        .args(["ltx", "dump", s(&ltx)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut head = [0u8; 100];
+    out.read_exact(&mut head).unwrap();
+    assert_eq!(&head[..], &all.stdout[..100]);
+    drop(out);
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(err.is_empty(), "{err}");
+    assert!(o.status.success(), "{:?}", o.status);
+}
+
 /// A real SQLite database with some history, in WAL mode or not.
 fn make_db(path: &Path, page_size: u32, wal: bool) {
     let c = rusqlite::Connection::open(path).unwrap();
