@@ -27,6 +27,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ltx_format::{format_filename, parse_filename, Txid};
 use s3_backend::layout::SNAPSHOT_LEVEL;
 
+use tracing::debug;
+
 use crate::failpoint;
 
 /// Why a staging operation failed.
@@ -407,23 +409,20 @@ impl StagingDir {
 
     /// Removes a staged file that is no longer needed. Where deferred files
     /// are written (`sluice mount`), an L0 file goes back to the spare pool
-    /// instead, while the pool holds fewer than [`SPARES_KEPT`] files (and
-    /// the file is at most [`SPARE_MAX_BYTES`]).
+    /// instead while the pool holds fewer files than recent demand wants
+    /// (see [`StagingDir::refill_spares`]).
     pub fn remove(&self, f: &LocalFile) -> Result<(), StagingError> {
-        let small = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() <= SPARE_MAX_BYTES);
-        if f.level == 0
-            && self.deferred_dir().is_dir()
-            && small(&f.path)
-            && self.spares().keep(&f.path)
-        {
+        if f.level == 0 && self.deferred_dir().is_dir() && self.spares().keep(&f.path) {
             return Ok(());
         }
         std::fs::remove_file(&f.path).map_err(|e| StagingError::io("remove", &f.path, e))
     }
 
-    /// Tops the spare pool up towards [`SPARES_READY`] empty files, making
-    /// [`SPARES_PER_REFILL`] plus twice as many as were taken since the last
-    /// call. The mount's flusher calls this every interval, so a
+    /// Tops the spare pool up to what recent demand wants: [`SPARES_MIN`]
+    /// plus four times the most files taken between two calls (a high-water
+    /// mark that decays by an eighth a call), at most [`SPARES_READY`]. A
+    /// call makes at most [`SPARES_PER_REFILL`] plus twice the files taken
+    /// since the last. The mount's flusher calls this every interval, so a
     /// deferred L0 file takes an existing inode instead of allocating one
     /// while SQLite waits: on ext4, allocating an inode scans every inode
     /// deleted in the last minutes (five when their table block is dirty),
@@ -435,9 +434,11 @@ impl StagingDir {
         let dir = self.root.join("spare");
         // Ramp up with demand: a new pool's 512 files at once would stall
         // the disk and the CPU that the application's commits share.
-        let budget = SPARES_PER_REFILL + 2 * pool.taken.swap(0, Ordering::Relaxed);
+        let taken = pool.taken.swap(0, Ordering::Relaxed);
+        let want = pool.want(taken);
+        let budget = SPARES_PER_REFILL + 2 * taken;
         let mut made = 0;
-        while pool.len() < SPARES_READY && made < budget {
+        while pool.len() < want && made < budget {
             if made == 0 {
                 std::fs::create_dir_all(&dir).map_err(|e| StagingError::io("create", &dir, e))?;
             }
@@ -478,6 +479,9 @@ struct SparePool {
     next: AtomicU64,
     /// Files taken since the last refill.
     taken: AtomicUsize,
+    /// The most files taken between two refills, decaying (see
+    /// [`StagingDir::refill_spares`]).
+    demand: AtomicUsize,
 }
 
 impl SparePool {
@@ -497,6 +501,7 @@ impl SparePool {
             free: Mutex::new(free),
             next: AtomicU64::new(next),
             taken: AtomicUsize::new(0),
+            demand: AtomicUsize::new(0),
         }
     }
 
@@ -521,10 +526,21 @@ impl SparePool {
         self.list().push(path);
     }
 
-    /// Moves the file at `path` into the pool unless it is full; false if
-    /// it was not kept.
+    /// How many files the pool should hold, after `taken` files were
+    /// taken since the last refill.
+    fn want(&self, taken: usize) -> usize {
+        let old = self.demand.load(Ordering::Relaxed);
+        let demand = taken.max(old - old / 8);
+        self.demand.store(demand, Ordering::Relaxed);
+        (SPARES_MIN + 4 * demand).min(SPARES_READY)
+    }
+
+    /// Moves the file at `path` into the pool unless the pool holds what
+    /// demand wants already; false if it was not kept. A file larger than
+    /// [`SPARE_KEEP_BYTES`] is emptied: a spare holds its blocks until reused.
     fn keep(&self, path: &Path) -> bool {
-        if self.len() >= SPARES_KEPT {
+        let wanted = (SPARES_MIN + 4 * self.demand.load(Ordering::Relaxed)).min(SPARES_READY);
+        if self.len() >= wanted {
             return false;
         }
         let to = self.dir.join(self.next_name().to_string());
@@ -535,29 +551,39 @@ impl SparePool {
             std::fs::create_dir_all(&self.dir)?;
             std::fs::rename(path, &to)
         });
-        if kept.is_ok() {
-            self.put(to);
+        if kept.is_err() {
+            return false;
         }
-        kept.is_ok()
+        let big = std::fs::metadata(&to).is_ok_and(|m| m.len() > SPARE_KEEP_BYTES);
+        if big
+            && OpenOptions::new()
+                .write(true)
+                .open(&to)
+                .and_then(|f| f.set_len(0))
+                .is_err()
+        {
+            // Still a valid spare (a reuse truncates); it only holds blocks.
+            debug!(file = %to.display(), "cannot empty a spare file");
+        }
+        self.put(to);
+        true
     }
 }
 
 const PENDING_FILE: &str = "pending.ltx";
 
-/// How many empty spare files the flusher keeps ready: a quarter second of
-/// commits at 2,000 per second.
+/// The most spare files a pool wants: a quarter second of commits at 2,000
+/// per second.
 const SPARES_READY: usize = 512;
+
+/// The fewest spare files a pool wants (an idle database's).
+const SPARES_MIN: usize = 8;
 
 /// Files a refill makes at least (plus twice those taken since the last).
 const SPARES_PER_REFILL: usize = 32;
 
-/// A removed L0 file larger than this is deleted rather than kept: a spare
-/// holds its blocks until reused.
-const SPARE_MAX_BYTES: u64 = 1 << 20;
-
-/// At most this many files in the spare pool (removed L0 files go back to
-/// it up to this).
-const SPARES_KEPT: usize = 4096;
+/// A removed L0 file kept as a spare is emptied above this size.
+const SPARE_KEEP_BYTES: u64 = 64 << 10;
 
 /// How a file is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -738,34 +764,76 @@ mod tests {
         );
         assert_eq!(std::fs::read(&again).unwrap(), b"new", "old content gone");
         assert!(spares().is_empty());
-        // The flusher keeps empty files ready, ramping up with demand; a
-        // deferred file takes one.
-        assert_eq!(s.refill_spares().unwrap(), SPARES_PER_REFILL + 2 * 2);
-        while s.refill_spares().unwrap() > 0 {}
-        assert_eq!(s.refill_spares().unwrap(), 0, "already full");
+        // The flusher keeps empty files ready, as many as recent demand
+        // wants (two taken so far); a deferred file takes one.
+        assert_eq!(s.refill_spares().unwrap(), SPARES_MIN + 4 * 2);
+        assert_eq!(s.refill_spares().unwrap(), 0, "enough for the demand");
         let ready = spares();
-        assert_eq!(ready.len(), SPARES_READY);
+        assert_eq!(ready.len(), SPARES_MIN + 4 * 2);
         let next = s.write_deferred(Txid(4), page).unwrap();
         let ino = std::fs::metadata(&next).unwrap().ino();
         assert!(ready.contains(&ino) && !spares().contains(&ino));
         assert_eq!(std::fs::read(&next).unwrap(), b"ltx bytes");
+        // More demand grows the pool, ramping up: 32 plus twice the files
+        // taken per round, towards four times the most taken in one round
+        // (a mark that decays by an eighth a round).
+        for t in 0..100 {
+            s.write_deferred(Txid(10 + t), page).unwrap();
+        }
+        let taken = 101; // with TXID 4's
+        assert_eq!(s.refill_spares().unwrap(), SPARES_PER_REFILL + 2 * taken);
+        assert_eq!(spares().len(), SPARES_PER_REFILL + 2 * taken);
+        assert_eq!(
+            s.refill_spares().unwrap(),
+            SPARES_PER_REFILL,
+            "still wanted: 8 + 4 × 89"
+        );
+        while s.refill_spares().unwrap() > 0 {}
+        assert!(spares().len() < SPARES_MIN + 4 * taken);
+        // A large removed file is emptied when kept... once the pool wants
+        // more (here: none taken for long enough that demand decayed).
+        let big = s
+            .write_deferred(Txid(200), |w| {
+                std::io::Write::write_all(w, &vec![7u8; 100 << 10]).map_err(ltx_format::Error::from)
+            })
+            .unwrap();
+        for _ in 0..64 {
+            s.refill_spares().unwrap();
+        }
+        let before = spares().len();
+        s.remove(&f(&big, 200)).unwrap();
+        assert_eq!(
+            spares().len(),
+            before,
+            "the pool holds more than demand wants: deleted"
+        );
+        assert!(!big.exists());
         // Another process (a restart) finds the pool's files and goes on
         // numbering after them.
         let other = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(other.path().join("spare")).unwrap();
         std::fs::write(other.path().join("spare/41"), b"").unwrap();
         let o = StagingDir::new(other.path());
-        while o.refill_spares().unwrap() > 0 {}
-        assert_eq!(
-            std::fs::read_dir(other.path().join("spare"))
+        assert_eq!(o.refill_spares().unwrap(), SPARES_MIN - 1);
+        assert!(other.path().join("spare/48").exists());
+        // A large removed L0 file kept as a spare is emptied.
+        std::fs::create_dir_all(other.path().join("deferred")).unwrap();
+        let taken: Vec<PathBuf> = (0..4)
+            .map(|t| {
+                o.write_deferred(Txid(300 + t), |w| {
+                    std::io::Write::write_all(w, &vec![7u8; 100 << 10])
+                        .map_err(ltx_format::Error::from)
+                })
                 .unwrap()
-                .count(),
-            SPARES_READY
-        );
-        assert!(other
-            .path()
-            .join(format!("spare/{}", 41 + SPARES_READY - 1))
-            .exists());
+            })
+            .collect();
+        o.remove(&f(&taken[0], 300)).unwrap();
+        let kept = std::fs::read_dir(other.path().join("spare"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .collect::<Vec<_>>();
+        assert_eq!(kept.len(), SPARES_MIN - 4 + 1);
+        assert!(kept.iter().all(|&n| n == 0), "{kept:?}");
     }
 
     #[test]
