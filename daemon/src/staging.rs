@@ -462,10 +462,12 @@ impl StagingDir {
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        pools
-            .entry(self.root.clone())
-            .or_insert_with(|| Arc::new(SparePool::scan(self.root.join("spare"))))
-            .clone()
+        if let Some(p) = pools.get(&self.root) {
+            return p.clone();
+        }
+        let p = Arc::new(SparePool::scan(self.root.join("spare")));
+        pools.insert(self.root.clone(), p.clone());
+        p
     }
 }
 
@@ -530,17 +532,21 @@ impl SparePool {
     /// taken since the last refill.
     fn want(&self, taken: usize) -> usize {
         let old = self.demand.load(Ordering::Relaxed);
-        let demand = taken.max(old - old / 8);
-        self.demand.store(demand, Ordering::Relaxed);
-        (SPARES_MIN + 4 * demand).min(SPARES_READY)
+        self.demand
+            .store(taken.max(old - old / 8), Ordering::Relaxed);
+        self.wanted()
+    }
+
+    /// How many files the pool should hold at the current demand.
+    fn wanted(&self) -> usize {
+        (SPARES_MIN + 4 * self.demand.load(Ordering::Relaxed)).min(SPARES_READY)
     }
 
     /// Moves the file at `path` into the pool unless the pool holds what
     /// demand wants already; false if it was not kept. A file larger than
     /// [`SPARE_KEEP_BYTES`] is emptied: a spare holds its blocks until reused.
     fn keep(&self, path: &Path) -> bool {
-        let wanted = (SPARES_MIN + 4 * self.demand.load(Ordering::Relaxed)).min(SPARES_READY);
-        if self.len() >= wanted {
+        if self.len() >= self.wanted() {
             return false;
         }
         let to = self.dir.join(self.next_name().to_string());
