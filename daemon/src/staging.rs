@@ -306,17 +306,27 @@ impl StagingDir {
             .map_err(|source| StagingError::Fsync { path: dir, source })
     }
 
-    /// Makes the deferred file at `path` durable, together with every file
-    /// of `other`'s filesystem when the staging directory is on it: one
-    /// `syncfs` then covers both (returns true: `other` is synced too).
-    /// Otherwise the file and the deferred directory are fsynced.
-    pub fn sync_deferred(&self, path: &Path, other: &File) -> Result<bool, StagingError> {
+    /// Whether the deferred directory (once made) is on the filesystem of
+    /// `other`.
+    pub fn on_fs_of(&self, other: &File) -> bool {
         use std::os::unix::fs::MetadataExt;
-        let dir = self.deferred_dir();
-        let same_fs = match (other.metadata(), std::fs::metadata(&dir)) {
+        match (other.metadata(), std::fs::metadata(self.deferred_dir())) {
             (Ok(a), Ok(b)) => a.dev() == b.dev(),
             _ => false,
-        };
+        }
+    }
+
+    /// Makes the deferred file at `path` durable, together with every file
+    /// of `other`'s filesystem when the staging directory is on it
+    /// (`same_fs`, see [`StagingDir::on_fs_of`]): one `syncfs` then covers
+    /// both (returns true: `other` is synced too). Otherwise the file and
+    /// the deferred directory are fsynced.
+    pub fn sync_deferred(
+        &self,
+        path: &Path,
+        other: &File,
+        same_fs: bool,
+    ) -> Result<bool, StagingError> {
         if same_fs {
             failpoint::fsync(path)
                 .and_then(|()| nix::unistd::syncfs(other).map_err(io::Error::from))
@@ -328,7 +338,7 @@ impl StagingDir {
         }
         let f = File::open(path).map_err(|e| StagingError::io("open", path, e))?;
         fsync(&f, path)?;
-        fsync_dir(&dir)?;
+        fsync_dir(&self.deferred_dir())?;
         Ok(false)
     }
 

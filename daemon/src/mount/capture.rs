@@ -69,6 +69,9 @@ pub struct DbCapture {
     /// The position hint is behind: written by the flusher, not at every
     /// commit (recovery takes the newest staged file over an older hint).
     position_behind: bool,
+    /// Whether the staging directory is on the database's filesystem
+    /// (asked once, at the first capture at a database fsync).
+    staging_on_db_fs: Option<bool>,
 }
 
 /// A transaction built, not yet written.
@@ -98,6 +101,9 @@ impl std::fmt::Debug for DbCapture {
             .finish_non_exhaustive()
     }
 }
+
+/// A journal up to this size is read into memory in one call.
+const JOURNAL_READ_WHOLE: u64 = 1 << 20;
 
 /// The database size in pages from its header (bytes 28..32), when the
 /// header's "version valid for" (92..96) equals its change counter
@@ -145,6 +151,7 @@ impl DbCapture {
             deferred: Vec::new(),
             early: None,
             position_behind: true,
+            staging_on_db_fs: None,
         }
     }
 
@@ -296,7 +303,10 @@ impl DbCapture {
         let path = self
             .staging
             .write_deferred(b.txid, |w| self.encode(&b, &pages, w))?;
-        let synced = self.staging.sync_deferred(&path, &self.db_file)?;
+        let same_fs = *self
+            .staging_on_db_fs
+            .get_or_insert_with(|| self.staging.on_fs_of(&self.db_file));
+        let synced = self.staging.sync_deferred(&path, &self.db_file, same_fs)?;
         self.early = Some(Early {
             writes,
             built: b,
@@ -338,9 +348,18 @@ impl DbCapture {
             .metadata()
             .map_err(|e| CaptureError::read(journal, e))?
             .len();
-        let Some(summary) =
-            read_journal(&mut jf, len).map_err(|e| CaptureError::read(journal, e))?
-        else {
+        // A small journal (a short transaction's) is read in one call, not
+        // a seek and a read per record.
+        let summary = if len <= JOURNAL_READ_WHOLE {
+            let mut buf = Vec::with_capacity(len as usize);
+            std::io::Read::read_to_end(&mut std::io::Read::take(&mut jf, len), &mut buf)
+                .map_err(|e| CaptureError::read(journal, e))?;
+            let n = buf.len() as u64;
+            read_journal(&mut std::io::Cursor::new(buf), n)
+        } else {
+            read_journal(&mut jf, len)
+        };
+        let Some(summary) = summary.map_err(|e| CaptureError::read(journal, e))? else {
             debug!(journal = %journal.display(), "no valid journal header: no transaction");
             return Ok(None);
         };
