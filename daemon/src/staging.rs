@@ -441,7 +441,7 @@ impl StagingDir {
     /// commit. Returns how many files it made.
     pub fn refill_spares(&self) -> Result<usize, StagingError> {
         let pool = self.spares();
-        let dir = self.root.join("spare");
+        let dir = &pool.dir;
         // Ramp up with demand: a new pool's 512 files at once would stall
         // the disk and the CPU that the application's commits share.
         let taken = pool.taken.swap(0, Ordering::Relaxed);
@@ -450,7 +450,7 @@ impl StagingDir {
         let mut made = 0;
         while pool.len() < want && made < budget {
             if made == 0 {
-                std::fs::create_dir_all(&dir).map_err(|e| StagingError::io("create", &dir, e))?;
+                std::fs::create_dir_all(dir).map_err(|e| StagingError::io("create", dir, e))?;
             }
             let path = dir.join(pool.next_name().to_string());
             match OpenOptions::new().write(true).create_new(true).open(&path) {
