@@ -61,6 +61,9 @@ pub struct Engine {
     pub(super) page_size: PageSize,
     /// Page checksums of the database at `txid` (0 for the lock page).
     pub(super) pages: Vec<u64>,
+    /// `table_sum(&pages)`, kept in step with `pages`: a shipped file moves
+    /// it on by its pages rather than summing the whole table again.
+    pub(super) pages_sum: Checksum,
     pub(super) commit: u32,
     pub(super) txid: Txid,
     pub(super) wal: Option<(WalHeader, WalCursor)>,
@@ -183,6 +186,7 @@ impl Engine {
             staging: staging.clone(),
             pins,
             page_size: ps,
+            pages_sum: table_sum(&pages),
             pages,
             commit,
             txid: Txid(0),
@@ -213,7 +217,7 @@ impl Engine {
     }
 
     pub(super) fn table_checksum(&self) -> Checksum {
-        table_sum(&self.pages)
+        self.pages_sum
     }
 
     /// The database checksum of the database file alone (no WAL).

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use ltx_format::wal::{scan_committed, CommittedFrames, WalCursor, WalHeader, WalReader};
 use ltx_format::{
-    checksum_page, lock_pgno, Checksum, Encoder, Header, Txid, HEADER_FLAG_NO_CHECKSUM,
+    checksum_page, lock_pgno, Checksum, DbChecksum, Encoder, Header, Txid, HEADER_FLAG_NO_CHECKSUM,
 };
 use tracing::{info, warn};
 
@@ -19,6 +19,13 @@ use super::error::{CaptureError, Result};
 use super::pending::Pending;
 use super::recover::read_wal_header;
 use super::source::{now_ms, wal_path, DbSource};
+
+/// How a shipped file moves the page-checksum table on: the new checksums
+/// of its pages (in page order) and the table's new sum.
+struct TableChange {
+    checksums: Vec<u64>,
+    sum: Checksum,
+}
 
 /// The read buffer of WAL scans.
 const WAL_READ_BUFFER: usize = 256 << 10;
@@ -163,16 +170,22 @@ impl Engine {
     }
 
     /// Writes the planned file (an L0 file, or the pending file). Returns its
-    /// path, the new page-checksum table, and (pending mode) the new pages.
+    /// path, the table's changes (see [`TableChange`]), and (pending mode)
+    /// the new pages.
     #[allow(clippy::type_complexity)]
     fn encode_file(
         &self,
         wal: &File,
         plan: &FilePlan,
-    ) -> Result<(PathBuf, Vec<u64>, Vec<(u32, Vec<u8>)>)> {
+    ) -> Result<(PathBuf, TableChange, Vec<(u32, Vec<u8>)>)> {
         let ps = self.page_size.as_usize();
-        let mut table = self.pages.clone();
-        table.resize(plan.commit as usize, 0);
+        // The table's sum moves on by the pages cut off and the pages
+        // written, not by copying and summing the whole table.
+        let mut sum = DbChecksum::from_checksum(self.pages_sum);
+        for &c in self.pages.get(plan.commit as usize..).unwrap_or_default() {
+            sum.toggle(c);
+        }
+        let mut checksums = Vec::with_capacity(plan.pgnos.len());
         let mut buf = vec![0u8; ps];
         let zero = vec![0u8; ps];
         let pending_mode = self.capture_pending;
@@ -194,12 +207,15 @@ impl Engine {
                     &zero
                 };
                 enc.encode_page(pgno, data)?;
-                table[pgno as usize - 1] = checksum_page(pgno, data);
+                let c = checksum_page(pgno, data);
+                sum.toggle(self.pages.get(pgno as usize - 1).copied().unwrap_or(0));
+                sum.toggle(c);
+                checksums.push(c);
             }
             let post = if plan.header.no_checksum() {
                 Checksum::ZERO
             } else {
-                table_sum(&table)
+                sum.value()
             };
             enc.finish(post)?;
             Ok(())
@@ -209,7 +225,11 @@ impl Engine {
         } else {
             self.staging.write_ltx(0, plan.txid, plan.txid, encode)?
         };
-        Ok((path, table, captured))
+        let change = TableChange {
+            checksums,
+            sum: sum.value(),
+        };
+        Ok((path, change, captured))
     }
 
     /// The file is durable: move the state on.
@@ -217,10 +237,14 @@ impl Engine {
         &mut self,
         plan: FilePlan,
         path: PathBuf,
-        table: Vec<u64>,
+        table: TableChange,
         captured: Vec<(u32, Vec<u8>)>,
     ) -> Result<Option<Synced>> {
-        self.pages = table;
+        self.pages.resize(plan.commit as usize, 0);
+        for (&pgno, &c) in plan.pgnos.iter().zip(&table.checksums) {
+            self.pages[pgno as usize - 1] = c;
+        }
+        self.pages_sum = table.sum;
         self.commit = plan.commit;
         self.last_post = self.table_checksum();
         self.wal = Some(plan.wal);
@@ -311,6 +335,7 @@ impl Engine {
             enc.finish(post)?;
             Ok(())
         })?;
+        self.pages_sum = table_sum(&pages);
         self.pages = pages;
         self.commit = commit;
         self.page_size = ps;
