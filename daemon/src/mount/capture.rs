@@ -26,12 +26,13 @@ use std::path::{Path, PathBuf};
 
 use ltx_format::journal::read_journal;
 use ltx_format::wal::{next_transaction, WalCursor, WalHeader, WalReader};
-use ltx_format::{checksum_page, lock_pgno, Checksum, DbChecksum, Encoder, Header, PageSize, Txid};
+use ltx_format::{checksum_page, lock_pgno, Checksum, Encoder, Header, PageSize, Txid};
 use tracing::{debug, warn};
 
 use crate::pipeline::{Handoff, StagedL0};
 use crate::staging::StagingDir;
 use crate::state::write_json;
+use crate::wal::engine::{apply_step, TableStep};
 use crate::wal::error::{CaptureError, Result};
 use crate::wal::position::Position;
 use crate::wal::source::{now_ms, wal_path};
@@ -324,10 +325,7 @@ impl DbCapture {
 
     /// Moves the state on to a transaction written at `path`.
     fn advance(&mut self, b: Built, path: PathBuf) -> StagedL0 {
-        self.pages.resize(b.commit as usize, 0);
-        for (&pgno, &c) in b.pgnos.iter().zip(&b.checksums) {
-            self.pages[pgno as usize - 1] = c;
-        }
+        apply_step(&mut self.pages, b.commit, &b.pgnos, &b.checksums);
         self.commit = b.commit;
         self.txid = b.txid;
         self.last_post = b.post;
@@ -382,24 +380,14 @@ impl DbCapture {
     ) -> Result<Option<Built>> {
         let txid = Txid(self.txid.0 + 1);
         let pgnos = self.page_set(commit, pages);
-        // The database checksum moves on by the pages that changed and
-        // those cut off, not by summing every page again: a transaction
-        // costs the same in a large database as in a small one.
-        let mut sum = DbChecksum::from_checksum(self.last_post);
-        for &c in self.pages.get(commit as usize..).unwrap_or_default() {
-            sum.toggle(c);
-        }
-        let mut checksums = Vec::with_capacity(pgnos.len());
+        let mut step = TableStep::new(&self.pages, self.last_post, commit);
         let mut buf = vec![0u8; self.page_size.as_usize()];
         for &pgno in &pgnos {
             read_page(pages, &self.db_file, pgno, &mut buf)
                 .map_err(|e| CaptureError::read(&self.db, e))?;
-            let c = checksum_page(pgno, &buf);
-            sum.toggle(self.pages.get(pgno as usize - 1).copied().unwrap_or(0));
-            sum.toggle(c);
-            checksums.push(c);
+            step.page(pgno, checksum_page(pgno, &buf));
         }
-        let post = sum.value();
+        let post = step.sum();
         if matches!(pages, Pages::Db(_)) && post == self.last_post && commit == self.commit {
             debug!(db = %self.db.display(), "the journal's transaction changed nothing (rolled back): no file");
             return Ok(None);
@@ -409,7 +397,7 @@ impl DbCapture {
             txid,
             commit,
             pgnos,
-            checksums,
+            checksums: step.checksums,
             post,
             header,
         }))

@@ -16,6 +16,7 @@
 //! `sync` (collect, encode, commit a file), `pending` (a seal's tail),
 //! `checkpoint`, and `shm` (scheduling hints).
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -146,6 +147,59 @@ pub(crate) fn table_sum(table: &[u64]) -> Checksum {
         s.toggle(c);
     }
     s.value()
+}
+
+/// A page-checksum table moving on by one file's pages: the pages cut off
+/// and the pages written change its sum, so nothing copies or sums the
+/// whole table again, and a file costs the same in a large database as in
+/// a small one.
+pub(crate) struct TableStep<'a> {
+    table: &'a [u64],
+    sum: DbChecksum,
+    /// The new checksums of the pages written, in the order given.
+    pub(crate) checksums: Vec<u64>,
+}
+
+impl<'a> TableStep<'a> {
+    /// From `table`, whose sum is `sum`, cut (or grown) to `commit` pages.
+    pub(crate) fn new(table: &'a [u64], sum: Checksum, commit: u32) -> Self {
+        let mut s = DbChecksum::from_checksum(sum);
+        for &c in table.get(commit as usize..).unwrap_or_default() {
+            s.toggle(c);
+        }
+        TableStep {
+            table,
+            sum: s,
+            checksums: Vec::new(),
+        }
+    }
+
+    /// Page `pgno` (at most `commit`, each page once) now has checksum `c`.
+    pub(crate) fn page(&mut self, pgno: u32, c: u64) {
+        let old = self.table.get(pgno as usize - 1).copied().unwrap_or(0);
+        self.sum.toggle(old);
+        self.sum.toggle(c);
+        self.checksums.push(c);
+    }
+
+    /// The table's sum after the pages given so far.
+    pub(crate) fn sum(&self) -> Checksum {
+        self.sum.value()
+    }
+}
+
+/// Moves `table` on as a [`TableStep`] did: cut or grown to `commit` pages,
+/// with `checksums` for `pgnos` (the pages given to it, in order).
+pub(crate) fn apply_step(
+    table: &mut Vec<u64>,
+    commit: u32,
+    pgnos: &BTreeSet<u32>,
+    checksums: &[u64],
+) {
+    table.resize(commit as usize, 0);
+    for (&pgno, &c) in pgnos.iter().zip(checksums) {
+        table[pgno as usize - 1] = c;
+    }
 }
 
 impl Engine {

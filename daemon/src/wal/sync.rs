@@ -10,11 +10,11 @@ use std::path::PathBuf;
 
 use ltx_format::wal::{scan_committed, CommittedFrames, WalCursor, WalHeader, WalReader};
 use ltx_format::{
-    checksum_page, lock_pgno, Checksum, DbChecksum, Encoder, Header, Txid, HEADER_FLAG_NO_CHECKSUM,
+    checksum_page, lock_pgno, Checksum, Encoder, Header, Txid, HEADER_FLAG_NO_CHECKSUM,
 };
 use tracing::{info, warn};
 
-use super::engine::{table_sum, Engine, Synced};
+use super::engine::{apply_step, table_sum, Engine, Synced, TableStep};
 use super::error::{CaptureError, Result};
 use super::pending::Pending;
 use super::recover::read_wal_header;
@@ -179,13 +179,7 @@ impl Engine {
         plan: &FilePlan,
     ) -> Result<(PathBuf, TableChange, Vec<(u32, Vec<u8>)>)> {
         let ps = self.page_size.as_usize();
-        // The table's sum moves on by the pages cut off and the pages
-        // written, not by copying and summing the whole table.
-        let mut sum = DbChecksum::from_checksum(self.pages_sum);
-        for &c in self.pages.get(plan.commit as usize..).unwrap_or_default() {
-            sum.toggle(c);
-        }
-        let mut checksums = Vec::with_capacity(plan.pgnos.len());
+        let mut step = TableStep::new(&self.pages, self.pages_sum, plan.commit);
         let mut buf = vec![0u8; ps];
         let zero = vec![0u8; ps];
         let pending_mode = self.capture_pending;
@@ -207,15 +201,12 @@ impl Engine {
                     &zero
                 };
                 enc.encode_page(pgno, data)?;
-                let c = checksum_page(pgno, data);
-                sum.toggle(self.pages.get(pgno as usize - 1).copied().unwrap_or(0));
-                sum.toggle(c);
-                checksums.push(c);
+                step.page(pgno, checksum_page(pgno, data));
             }
             let post = if plan.header.no_checksum() {
                 Checksum::ZERO
             } else {
-                sum.value()
+                step.sum()
             };
             enc.finish(post)?;
             Ok(())
@@ -226,8 +217,8 @@ impl Engine {
             self.staging.write_ltx(0, plan.txid, plan.txid, encode)?
         };
         let change = TableChange {
-            checksums,
-            sum: sum.value(),
+            sum: step.sum(),
+            checksums: step.checksums,
         };
         Ok((path, change, captured))
     }
@@ -240,10 +231,7 @@ impl Engine {
         table: TableChange,
         captured: Vec<(u32, Vec<u8>)>,
     ) -> Result<Option<Synced>> {
-        self.pages.resize(plan.commit as usize, 0);
-        for (&pgno, &c) in plan.pgnos.iter().zip(&table.checksums) {
-            self.pages[pgno as usize - 1] = c;
-        }
+        apply_step(&mut self.pages, plan.commit, &plan.pgnos, &table.checksums);
         self.pages_sum = table.sum;
         self.commit = plan.commit;
         self.last_post = self.table_checksum();
