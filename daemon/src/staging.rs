@@ -439,9 +439,16 @@ impl StagingDir {
     /// which under a stream of deletions (a DELETE-mode journal per
     /// transaction, a directory removed) cost more than the rest of a WAL
     /// commit. Returns how many files it made.
+    ///
+    /// A file is made in `spare-new/` and then renamed into `spare/`: the
+    /// creation holds its directory's lock for as long as ext4 scans for a
+    /// free inode (milliseconds after mass deletions), and a capture that
+    /// takes a spare renames it out of `spare/`, which needs that lock. Made
+    /// in `spare/` itself, every commit waited for the scan.
     pub fn refill_spares(&self) -> Result<usize, StagingError> {
         let pool = self.spares();
         let dir = &pool.dir;
+        let making = &pool.making;
         // Ramp up with demand: a new pool's 512 files at once would stall
         // the disk and the CPU that the application's commits share.
         let taken = pool.taken.swap(0, Ordering::Relaxed);
@@ -450,14 +457,19 @@ impl StagingDir {
         let mut made = 0;
         while pool.len() < want && made < budget {
             if made == 0 {
-                std::fs::create_dir_all(dir).map_err(|e| StagingError::io("create", dir, e))?;
+                for d in [dir, making] {
+                    std::fs::create_dir_all(d).map_err(|e| StagingError::io("create", d, e))?;
+                }
             }
-            let path = dir.join(pool.next_name().to_string());
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(_) => pool.put(path),
+            let name = pool.next_name().to_string();
+            let (new, path) = (making.join(&name), dir.join(&name));
+            match OpenOptions::new().write(true).create_new(true).open(&new) {
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(StagingError::io("create", &path, e)),
+                Err(e) => return Err(StagingError::io("create", &new, e)),
             }
+            std::fs::rename(&new, &path).map_err(|e| StagingError::io("rename", &new, e))?;
+            pool.put(path);
             made += 1;
         }
         Ok(made)
@@ -475,7 +487,10 @@ impl StagingDir {
         if let Some(p) = pools.get(&self.root) {
             return p.clone();
         }
-        let p = Arc::new(SparePool::scan(self.root.join("spare")));
+        let p = Arc::new(SparePool::scan(
+            self.root.join("spare"),
+            self.root.join("spare-new"),
+        ));
         pools.insert(self.root.clone(), p.clone());
         p
     }
@@ -487,6 +502,8 @@ impl StagingDir {
 #[derive(Debug)]
 struct SparePool {
     dir: PathBuf,
+    /// Where new spare files are made (see [`StagingDir::refill_spares`]).
+    making: PathBuf,
     free: Mutex<Vec<PathBuf>>,
     next: AtomicU64,
     /// Files taken since the last refill.
@@ -497,11 +514,21 @@ struct SparePool {
 }
 
 impl SparePool {
-    /// The pool of the files already in `dir`; new names count on from the
-    /// highest numeric one.
-    fn scan(dir: PathBuf) -> SparePool {
+    /// The pool of the files already in `dir`, and of those a stop left in
+    /// `making` (moved into `dir`); new names count on from the highest
+    /// numeric one.
+    fn scan(dir: PathBuf, making: PathBuf) -> SparePool {
         let mut free = Vec::new();
         let mut next = 0;
+        for e in std::fs::read_dir(&making).into_iter().flatten().flatten() {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u64>().is_ok())
+            {
+                // A file left unmoved is only an inode not reused.
+                let _ = std::fs::rename(e.path(), dir.join(e.file_name()));
+            }
+        }
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
                 next = next.max(n + 1);
@@ -510,6 +537,7 @@ impl SparePool {
         }
         SparePool {
             dir,
+            making,
             free: Mutex::new(free),
             next: AtomicU64::new(next),
             taken: AtomicUsize::new(0),
@@ -824,14 +852,21 @@ mod tests {
             "the pool holds more than demand wants: deleted"
         );
         assert!(!big.exists());
-        // Another process (a restart) finds the pool's files and goes on
-        // numbering after them.
+        // Another process (a restart) finds the pool's files, and those a
+        // stop left where they are made, and goes on numbering after them.
         let other = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(other.path().join("spare")).unwrap();
+        for d in ["spare", "spare-new"] {
+            std::fs::create_dir_all(other.path().join(d)).unwrap();
+        }
         std::fs::write(other.path().join("spare/41"), b"").unwrap();
+        std::fs::write(other.path().join("spare-new/45"), b"").unwrap();
         let o = StagingDir::new(other.path());
-        assert_eq!(o.refill_spares().unwrap(), SPARES_MIN - 1);
-        assert!(other.path().join("spare/48").exists());
+        assert_eq!(o.refill_spares().unwrap(), SPARES_MIN - 2);
+        for n in [41, 45, 46, 51] {
+            assert!(other.path().join(format!("spare/{n}")).exists(), "{n}");
+        }
+        let making = std::fs::read_dir(other.path().join("spare-new")).unwrap();
+        assert_eq!(making.count(), 0, "every file made is in the pool");
         // A large removed L0 file kept as a spare is emptied.
         std::fs::create_dir_all(other.path().join("deferred")).unwrap();
         let taken: Vec<PathBuf> = (0..4)

@@ -15,20 +15,30 @@
 //! Options: `--quick` (a short smoke run with small sizes), `--phases
 //! tx,scan,bulk` (a subset), `--duration SECS` (time per target and journal
 //! mode, default 10), `--count N` (instead: transactions per target and mode),
+//! `--rounds N` (rounds the time or count is cut into, default 5),
 //! `--scan-mib N` (default 256), `--bulk N` (default 100000), `--work-dir DIR`
 //! (default: a temporary directory), `--catch-up-secs N` (how long to wait
 //! for the replica, default 900), `--sluice-log-level LEVEL` (default
 //! info), `--keep` (leave the work directory).
 //!
 //! How each figure is measured:
-//! - transactions: a rusqlite connection inserts one 100-byte blob per
-//!   transaction (autocommit) in a tight loop, on a fresh database per run.
-//!   Targets run in the order raw, bindfs, Sluice, Sluice, bindfs, raw (half
-//!   the time or count each), so a linear drift of the machine's load
-//!   cancels; each target's figure is its transactions over its time. WAL
+//! - transactions: per target a rusqlite connection to a new database
+//!   inserts one 100-byte blob per transaction (autocommit) in a tight loop.
+//!   The time (or count) is cut into rounds; each round runs the targets in
+//!   the order raw, bindfs, Sluice, Sluice, bindfs, raw, each for a slice of
+//!   a quarter of the round (the connections stay open between slices), so
+//!   a linear drift of the machine within a round cancels and every target
+//!   meets the disk in the same state: on this machine the latency of a
+//!   flush moves several-fold within seconds, and one long run per target
+//!   measured mostly when it ran. Each target's figure is its transactions
+//!   over its time; the spread of the per-round ratios is printed too. WAL
 //!   mode with `synchronous=NORMAL`, DELETE mode with `synchronous=FULL`.
-//!   After the runs Sluice is stopped and the TXIDs it staged are counted:
-//!   every transaction must be one TXID (capture really was on).
+//!   Sluice's background work (flushing, uploading to the `file://`
+//!   replica) goes on into the slice that follows one of its own, as it
+//!   would go on beside the application; `--rounds 1` is the order of one
+//!   long slice per target and half. After the runs Sluice is stopped and
+//!   the TXIDs it staged are counted: every transaction must be one TXID
+//!   (capture really was on).
 //! - scan: a table of 1000-byte random blobs (4 rows a page, no overflow
 //!   pages) built on the raw directory before the mount starts; `SELECT
 //!   sum(length(v)) FROM t` through a fresh connection reads every leaf page.
@@ -66,6 +76,8 @@ struct Opts {
     phases: Vec<String>,
     duration: Duration,
     count: Option<u64>,
+    /// Rounds the transaction time (or count) is cut into.
+    rounds: u32,
     scan_mib: u64,
     bulk: u64,
     work_dir: Option<PathBuf>,
@@ -76,7 +88,7 @@ struct Opts {
 }
 
 const PHASES: [&str; 3] = ["tx", "scan", "bulk"];
-const USAGE: &str = "usage: bench_mount [--quick] [--phases tx,scan,bulk] [--duration SECS] [--count N] [--scan-mib N] [--bulk N] [--catch-up-secs N] [--work-dir DIR] [--sluice-log-level LEVEL] [--keep]";
+const USAGE: &str = "usage: bench_mount [--quick] [--phases tx,scan,bulk] [--duration SECS] [--count N] [--rounds N] [--scan-mib N] [--bulk N] [--catch-up-secs N] [--work-dir DIR] [--sluice-log-level LEVEL] [--keep]";
 
 impl Opts {
     fn parse() -> Result<Opts> {
@@ -85,6 +97,7 @@ impl Opts {
             phases: PHASES.iter().map(|s| s.to_string()).collect(),
             duration: Duration::from_secs(10),
             count: None,
+            rounds: 5,
             scan_mib: 256,
             bulk: 100_000,
             work_dir: None,
@@ -111,6 +124,10 @@ impl Opts {
                 }
                 "--duration" => duration = Some(num(args.next(), "--duration")?),
                 "--count" => o.count = Some(num(args.next(), "--count")?),
+                "--rounds" => {
+                    o.rounds = u32::try_from(num(args.next(), "--rounds")?)
+                        .context("--rounds is too large")?
+                }
                 "--scan-mib" => scan_mib = Some(num(args.next(), "--scan-mib")?),
                 "--bulk" => bulk = Some(num(args.next(), "--bulk")?),
                 "--catch-up-secs" => {
@@ -145,8 +162,13 @@ impl Opts {
         if let Some(b) = bulk {
             o.bulk = b;
         }
-        if o.count == Some(0) || o.duration.is_zero() || o.scan_mib == 0 || o.bulk == 0 {
-            bail!("--duration, --count, --scan-mib and --bulk must be positive");
+        if o.count == Some(0)
+            || o.duration.is_zero()
+            || o.rounds == 0
+            || o.scan_mib == 0
+            || o.bulk == 0
+        {
+            bail!("--duration, --count, --rounds, --scan-mib and --bulk must be positive");
         }
         Ok(o)
     }
@@ -461,6 +483,7 @@ impl Target {
 
 #[derive(Debug, Clone)]
 struct TxRun {
+    round: u32,
     target: Target,
     l: Loop,
 }
@@ -481,47 +504,88 @@ impl Loop {
     }
 }
 
+/// A connection to a new database that inserts one-row transactions,
+/// slice after slice.
+struct Writer {
+    c: Connection,
+    rng: XorShift64,
+    blob: Vec<u8>,
+    /// The untimed warm-up commit (see [`Writer::open`]); taken by the
+    /// first slice.
+    first: Duration,
+}
+
+impl Writer {
+    /// Creates the table in the new database `db` and commits one untimed
+    /// warm-up row.
+    fn open(db: &Path, mode: Mode, seed: u64) -> Result<Writer> {
+        let c = mode.open(db)?;
+        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")?;
+        let mut rng = XorShift64::new(seed);
+        let mut blob = vec![0u8; ROW_BYTES];
+        for b in blob.iter_mut() {
+            *b = rng.next_u64() as u8;
+        }
+        let mut w = Writer {
+            c,
+            rng,
+            blob,
+            first: Duration::ZERO,
+        };
+        // The first commit to a new database through `sluice mount` starts
+        // its pipeline (about 2 s): not what a running application pays per
+        // commit.
+        let t = Instant::now();
+        w.insert()?;
+        w.first = t.elapsed();
+        Ok(w)
+    }
+
+    fn insert(&mut self) -> Result<()> {
+        self.blob[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        let mut stmt = self.c.prepare_cached("INSERT INTO t(v) VALUES (?1)")?;
+        stmt.execute([&self.blob])?;
+        Ok(())
+    }
+
+    /// One-row transactions until `count` or `limit`.
+    fn slice(&mut self, limit: Duration, count: Option<u64>) -> Result<Loop> {
+        let (mut n, mut longest) = (0u64, Duration::ZERO);
+        let t0 = Instant::now();
+        loop {
+            let t = Instant::now();
+            self.insert()?;
+            longest = longest.max(t.elapsed());
+            n += 1;
+            let done = match count {
+                Some(c) => n >= c,
+                None => t0.elapsed() >= limit,
+            };
+            if done {
+                break;
+            }
+        }
+        Ok(Loop {
+            n,
+            elapsed: t0.elapsed(),
+            longest,
+            first: std::mem::take(&mut self.first),
+        })
+    }
+
+    fn close(self) -> Result<()> {
+        self.c.close().map_err(|(_, e)| e)?;
+        Ok(())
+    }
+}
+
 /// One-row transactions on a fresh database until `count` or `limit`, after
 /// one untimed warm-up transaction.
 fn tx_loop(db: &Path, mode: Mode, limit: Duration, count: Option<u64>, seed: u64) -> Result<Loop> {
-    let c = mode.open(db)?;
-    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")?;
-    let mut rng = XorShift64::new(seed);
-    let mut blob = vec![0u8; ROW_BYTES];
-    for b in blob.iter_mut() {
-        *b = rng.next_u64() as u8;
-    }
-    let mut stmt = c.prepare_cached("INSERT INTO t(v) VALUES (?1)")?;
-    // The first commit to a new database through `sluice mount` starts its
-    // pipeline (about 2 s): not what a running application pays per commit.
-    let t = Instant::now();
-    stmt.execute([&blob])?;
-    let first = t.elapsed();
-    let (mut n, mut longest) = (0u64, Duration::ZERO);
-    let t0 = Instant::now();
-    loop {
-        blob[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
-        let t = Instant::now();
-        stmt.execute([&blob])?;
-        longest = longest.max(t.elapsed());
-        n += 1;
-        let done = match count {
-            Some(c) => n >= c,
-            None => t0.elapsed() >= limit,
-        };
-        if done {
-            break;
-        }
-    }
-    let elapsed = t0.elapsed();
-    drop(stmt);
-    c.close().map_err(|(_, e)| e)?;
-    Ok(Loop {
-        n,
-        elapsed,
-        longest,
-        first,
-    })
+    let mut w = Writer::open(db, mode, seed)?;
+    let l = w.slice(limit, count)?;
+    w.close()?;
+    Ok(l)
 }
 
 #[derive(Debug, Clone)]
@@ -534,22 +598,54 @@ struct TxResult {
     sluice_exit: Option<i32>,
 }
 
-impl TxResult {
-    fn tps(&self, t: Target) -> f64 {
-        let (n, s) = self
-            .runs
-            .iter()
-            .filter(|r| r.target == t)
-            .fold((0u64, 0f64), |(n, s), r| {
-                (n + r.l.n, s + r.l.elapsed.as_secs_f64())
-            });
-        if s > 0.0 {
-            n as f64 / s
-        } else {
-            0.0
-        }
+/// Transactions over time of target `t` in `runs`, in every round or in
+/// `round`.
+fn tps_of(runs: &[TxRun], t: Target, round: Option<u32>) -> f64 {
+    let (n, s) = runs
+        .iter()
+        .filter(|r| r.target == t && round.is_none_or(|k| r.round == k))
+        .fold((0u64, 0f64), |(n, s), r| {
+            (n + r.l.n, s + r.l.elapsed.as_secs_f64())
+        });
+    if s > 0.0 {
+        n as f64 / s
+    } else {
+        0.0
     }
 }
+
+impl TxResult {
+    fn tps_in(&self, t: Target, round: Option<u32>) -> f64 {
+        tps_of(&self.runs, t, round)
+    }
+
+    fn tps(&self, t: Target) -> f64 {
+        self.tps_in(t, None)
+    }
+
+    /// Sluice over bindfs in each round, sorted.
+    fn round_ratios(&self) -> Vec<f64> {
+        let rounds = self.runs.iter().map(|r| r.round + 1).max().unwrap_or(0);
+        let mut v: Vec<f64> = (0..rounds)
+            .map(|k| {
+                let b = self.tps_in(Target::Bindfs, Some(k));
+                self.tps_in(Target::Sluice, Some(k)) / b.max(1e-9)
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+}
+
+/// The order of the targets within a round: a linear drift cancels.
+const ROUND: [Target; 6] = [
+    Target::Raw,
+    Target::Bindfs,
+    Target::Sluice,
+    Target::Sluice,
+    Target::Bindfs,
+    Target::Raw,
+];
 
 fn tx_phase(o: &Opts, bin: &Path, work: &Path, mode: Mode) -> Result<TxResult> {
     let dir = work.join(match mode {
@@ -568,47 +664,58 @@ fn tx_phase(o: &Opts, bin: &Path, work: &Path, mode: Mode) -> Result<TxResult> {
         &replica,
         &o.sluice_log_level,
     )?;
-    let order = [
-        Target::Raw,
-        Target::Bindfs,
-        Target::Sluice,
-        Target::Sluice,
-        Target::Bindfs,
-        Target::Raw,
-    ];
-    let (limit, count) = (o.duration / 2, o.count.map(|c| c.div_ceil(2)));
+    let name = "run.db";
+    let mut writers = Vec::new();
+    for (i, (target, db)) in [
+        (Target::Raw, raw.join(name)),
+        (Target::Bindfs, bind.mnt.join(name)),
+        (Target::Sluice, sl.mnt.join(name)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let w = Writer::open(&db, mode, 0x5eed + i as u64)
+            .with_context(|| format!("{} ({})", target.name(), mode.name()))?;
+        writers.push((target, w));
+    }
+    // Each target runs twice a round.
+    let slices = 2 * o.rounds;
+    let (limit, count) = (
+        o.duration / slices,
+        o.count.map(|c| c.div_ceil(u64::from(slices))),
+    );
     let mut runs = Vec::new();
-    let mut sluice_dbs = Vec::new();
-    for (i, target) in order.into_iter().enumerate() {
-        let name = format!("run{}.db", i + 1);
-        let db = match target {
-            Target::Raw => raw.join(&name),
-            Target::Bindfs => bind.mnt.join(&name),
-            Target::Sluice => {
-                sluice_dbs.push(name.clone());
-                sl.mnt.join(&name)
-            }
-        };
-        let l = tx_loop(&db, mode, limit, count, 0x5eed + i as u64)
-            .with_context(|| format!("{} run {} ({})", target.name(), i + 1, mode.name()))?;
+    for round in 0..o.rounds {
+        for target in ROUND {
+            let Some((_, w)) = writers.iter_mut().find(|(t, _)| *t == target) else {
+                bail!("no writer for {}", target.name());
+            };
+            let l = w.slice(limit, count).with_context(|| {
+                format!("{} round {} ({})", target.name(), round + 1, mode.name())
+            })?;
+            runs.push(TxRun { round, target, l });
+        }
         eprintln!(
-            "  {:<6} {:>8.0} tx/s ({} in {:.2} s)",
-            target.name(),
-            l.tps(),
-            l.n,
-            l.elapsed.as_secs_f64()
+            "  round {:>2}: raw {:>7.0}, bindfs {:>6.0}, sluice {:>6.0} tx/s",
+            round + 1,
+            tps_of(&runs, Target::Raw, Some(round)),
+            tps_of(&runs, Target::Bindfs, Some(round)),
+            tps_of(&runs, Target::Sluice, Some(round)),
         );
-        runs.push(TxRun { target, l });
+    }
+    for (_, w) in writers {
+        w.close()?;
     }
     let sluice_exit = sl.stop()?;
     drop(bind);
     let staging = data.with_extension("sluice");
-    let sluice_txids = sluice_dbs.iter().map(|n| max_txid(&staging.join(n))).sum();
-    let sluice_tx = runs
+    let sluice_txids = max_txid(&staging.join(name));
+    // Plus the warm-up row.
+    let sluice_tx = 1 + runs
         .iter()
         .filter(|r| r.target == Target::Sluice)
-        .map(|r| r.l.n + 1)
-        .sum();
+        .map(|r| r.l.n)
+        .sum::<u64>();
     Ok(TxResult {
         mode,
         runs,
@@ -806,7 +913,10 @@ fn print_tx(o: &Opts, txs: &[TxResult]) {
         Some(c) => format!("{c} transactions per target and mode"),
         None => format!("{:.0} s per target and mode", o.duration.as_secs_f64()),
     };
-    println!("one-row transactions ({ROW_BYTES}-byte blob), {per}, order raw, bindfs, sluice, sluice, bindfs, raw:");
+    println!(
+        "one-row transactions ({ROW_BYTES}-byte blob), {per}, in {} rounds of raw, bindfs, sluice, sluice, bindfs, raw:",
+        o.rounds
+    );
     println!(
         "{:<26} {:>12} {:>12} {:>12} {:>14} {:>11}  target",
         "mode", "raw", "bindfs", "sluice", "sluice/bindfs", "sluice/raw"
@@ -837,22 +947,40 @@ fn print_tx(o: &Opts, txs: &[TxResult]) {
         );
     }
     for t in txs {
+        let r = t.round_ratios();
         println!(
-            "  {}: sluice staged {} TXIDs for {} inserts (plus per database: CREATE TABLE, and in WAL mode the switch to WAL); exit code {:?}",
+            "  {}: sluice/bindfs per round: lowest {}, median {}, highest {}",
             t.mode.name(),
+            r.first().map_or("-".into(), |v| format!("{v:.2}")),
+            r.get(r.len() / 2).map_or("-".into(), |v| format!("{v:.2}")),
+            r.last().map_or("-".into(), |v| format!("{v:.2}")),
+        );
+        println!(
+            "    sluice staged {} TXIDs for {} inserts (plus CREATE TABLE, and in WAL mode the switch to WAL); exit code {:?}",
             t.sluice_txids,
             t.sluice_tx,
             t.sluice_exit
         );
-        for r in &t.runs {
+        for target in [Target::Raw, Target::Bindfs, Target::Sluice] {
+            let runs = t.runs.iter().filter(|r| r.target == target);
+            let (n, secs, longest, first) = runs.fold(
+                (0u64, 0f64, Duration::ZERO, Duration::ZERO),
+                |(n, s, l, f), r| {
+                    (
+                        n + r.l.n,
+                        s + r.l.elapsed.as_secs_f64(),
+                        l.max(r.l.longest),
+                        f.max(r.l.first),
+                    )
+                },
+            );
             println!(
-                "    {:<6} {:>8.0} tx/s  {} tx in {:.2} s, longest commit {:.1} ms, untimed first commit {:.1} ms",
-                r.target.name(),
-                r.l.tps(),
-                r.l.n,
-                r.l.elapsed.as_secs_f64(),
-                r.l.longest.as_secs_f64() * 1e3,
-                r.l.first.as_secs_f64() * 1e3
+                "    {:<6} {} tx in {:.2} s, longest commit {:.1} ms, untimed first commit {:.1} ms",
+                target.name(),
+                n,
+                secs,
+                longest.as_secs_f64() * 1e3,
+                first.as_secs_f64() * 1e3
             );
         }
     }
