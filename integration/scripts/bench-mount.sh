@@ -6,10 +6,10 @@
 # 100,000-transaction bulk load. One run; prints figures and ratios
 # (integration/src/bin/bench_mount.rs explains each measurement).
 #   integration/scripts/bench-mount.sh [--quick] [--phases tx,scan,bulk] [--duration SECS]
-#       [--count N] [--scan-mib N] [--bulk N] [--catch-up-secs N] [--sluice-log-level LEVEL] [--keep]
+#       [--count N] [--rounds N] [--scan-mib N] [--bulk N] [--catch-up-secs N] [--sluice-log-level LEVEL] [--keep]
 # Needs: fuse3 and bindfs (integration/scripts/install-deps.sh); root for the
-# cold scans (drop_caches). About 8 minutes on 2 cores (5 of them the replica
-# catching up after the bulk load); uses about 1 GiB of
+# cold scans (drop_caches). About 3 minutes on 2 cores (most of it the bulk
+# load); uses about 1 GiB of
 # disk under ${TMPDIR:-/tmp}.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)

@@ -26,7 +26,7 @@
 //!   inserts one 100-byte blob per transaction (autocommit) in a tight loop.
 //!   The time (or count) is cut into rounds; each round runs the targets in
 //!   the order raw, bindfs, Sluice, Sluice, bindfs, raw, each for a slice of
-//!   a quarter of the round (the connections stay open between slices), so
+//!   a sixth of the round (the connections stay open between slices), so
 //!   a linear drift of the machine within a round cancels and every target
 //!   meets the disk in the same state: on this machine the latency of a
 //!   flush moves several-fold within seconds, and one long run per target
@@ -34,10 +34,10 @@
 //!   over its time; the spread of the per-round ratios is printed too. WAL
 //!   mode with `synchronous=NORMAL`, DELETE mode with `synchronous=FULL`.
 //!   Sluice's background work (flushing, uploading to the `file://`
-//!   replica) goes on into the slice that follows one of its own, as it
-//!   would go on beside the application; `--rounds 1` is the order of one
-//!   long slice per target and half. After the runs Sluice is stopped and
-//!   the TXIDs it staged are counted: every transaction must be one TXID
+//!   replica) goes on into the bindfs slice after its pair of slices: a
+//!   bias in Sluice's favour, not measured. `--rounds 1` is the earlier order, each
+//!   target's time in two halves. After the runs Sluice is stopped and the
+//!   TXIDs it staged are counted: every transaction must be one TXID
 //!   (capture really was on).
 //! - scan: a table of 1000-byte random blobs (4 rows a page, no overflow
 //!   pages) built on the raw directory before the mount starts; `SELECT
