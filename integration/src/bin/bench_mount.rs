@@ -535,26 +535,21 @@ impl Writer {
         // The first commit to a new database through `sluice mount` starts
         // its pipeline (about 2 s): not what a running application pays per
         // commit.
-        let t = Instant::now();
-        w.insert()?;
-        w.first = t.elapsed();
+        w.first = w.slice(Duration::MAX, Some(1))?.elapsed;
         Ok(w)
     }
 
-    fn insert(&mut self) -> Result<()> {
-        self.blob[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
-        let mut stmt = self.c.prepare_cached("INSERT INTO t(v) VALUES (?1)")?;
-        stmt.execute([&self.blob])?;
-        Ok(())
-    }
-
-    /// One-row transactions until `count` or `limit`.
+    /// One-row transactions until `count` or `limit`. The statement is
+    /// prepared once, outside the timed loop.
     fn slice(&mut self, limit: Duration, count: Option<u64>) -> Result<Loop> {
+        let Writer { c, rng, blob, .. } = self;
+        let mut stmt = c.prepare_cached("INSERT INTO t(v) VALUES (?1)")?;
         let (mut n, mut longest) = (0u64, Duration::ZERO);
         let t0 = Instant::now();
         loop {
+            blob[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
             let t = Instant::now();
-            self.insert()?;
+            stmt.execute([&*blob])?;
             longest = longest.max(t.elapsed());
             n += 1;
             let done = match count {
