@@ -283,17 +283,46 @@ impl StagingDir {
     /// Writes the L0 file of `txid` without an fsync, outside `ltx/`:
     /// nothing uploads or compacts it until [`StagingDir::promote_deferred`]
     /// has made it durable.
+    ///
+    /// This runs inside a commit, so it takes a spare inode when the pool
+    /// has one and writes it where it lies: open (truncating), write,
+    /// rename into place, close. A crash before the rename leaves a spare
+    /// with stale bytes, which the next start sees (see [`SparePool::scan`]).
     pub fn write_deferred<F>(&self, txid: Txid, encode: F) -> Result<PathBuf, StagingError>
     where
         F: FnOnce(&mut BufWriter<SyncEvery<'_>>) -> ltx_format::Result<()>,
     {
-        write_file_as(
-            &self.deferred_dir(),
-            &format_filename(txid, txid),
-            WriteMode::Unsynced,
-            self.spares().take(),
-            encode,
-        )
+        let dir = self.deferred_dir();
+        let name = format_filename(txid, txid);
+        let spare = self.spares().take().and_then(|sp| {
+            // Truncating an empty file is not free on ext4: it marks the
+            // file for block allocation at close (`auto_da_alloc`), which
+            // then costs the commit tens of microseconds.
+            let f = OpenOptions::new()
+                .write(true)
+                .truncate(!sp.empty)
+                .open(&sp.path);
+            // A spare gone missing: a new file below.
+            f.ok().map(|f| (sp.path, f))
+        });
+        let Some((spare, f)) = spare else {
+            return write_file_as(&dir, &name, WriteMode::Unsynced, encode);
+        };
+        if let Err(e) = write_all(&f, &spare, encode) {
+            let _ = std::fs::remove_file(&spare);
+            return Err(e);
+        }
+        let to = dir.join(&name);
+        std::fs::rename(&spare, &to)
+            .or_else(|e| {
+                if e.kind() != io::ErrorKind::NotFound {
+                    return Err(e);
+                }
+                std::fs::create_dir_all(&dir)?;
+                std::fs::rename(&spare, &to)
+            })
+            .map_err(|e| StagingError::io("rename", &spare, e))?;
+        Ok(to)
     }
 
     /// Makes every deferred file written so far durable: one `syncfs` of
@@ -469,7 +498,7 @@ impl StagingDir {
                 Err(e) => return Err(StagingError::io("create", &new, e)),
             }
             std::fs::rename(&new, &path).map_err(|e| StagingError::io("rename", &new, e))?;
-            pool.put(path);
+            pool.put(Spare { path, empty: true });
             made += 1;
         }
         Ok(made)
@@ -498,19 +527,28 @@ impl StagingDir {
 
 /// Files ready to become deferred L0 files by a rename (see
 /// [`StagingDir::refill_spares`]): removed L0 files and empty files made
-/// ahead of need. Their content never matters: a reuse truncates.
+/// ahead of need. Their content never matters: a reuse truncates those not
+/// known to be empty.
 #[derive(Debug)]
 struct SparePool {
     dir: PathBuf,
     /// Where new spare files are made (see [`StagingDir::refill_spares`]).
     making: PathBuf,
-    free: Mutex<Vec<PathBuf>>,
+    free: Mutex<Vec<Spare>>,
     next: AtomicU64,
     /// Files taken since the last refill.
     taken: AtomicUsize,
     /// The most files taken between two refills, decaying (see
     /// [`StagingDir::refill_spares`]).
     demand: AtomicUsize,
+}
+
+/// A file of the spare pool.
+#[derive(Debug)]
+struct Spare {
+    path: PathBuf,
+    /// Known to be empty: a reuse need not truncate it.
+    empty: bool,
 }
 
 impl SparePool {
@@ -532,7 +570,12 @@ impl SparePool {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
                 next = next.max(n + 1);
-                free.push(e.path());
+                // One a stop left half written is not empty.
+                let empty = e.metadata().is_ok_and(|m| m.len() == 0);
+                free.push(Spare {
+                    path: e.path(),
+                    empty,
+                });
             }
         }
         SparePool {
@@ -545,7 +588,7 @@ impl SparePool {
         }
     }
 
-    fn list(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<Spare>> {
         self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -557,13 +600,13 @@ impl SparePool {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn take(&self) -> Option<PathBuf> {
+    fn take(&self) -> Option<Spare> {
         self.taken.fetch_add(1, Ordering::Relaxed);
         self.list().pop()
     }
 
-    fn put(&self, path: PathBuf) {
-        self.list().push(path);
+    fn put(&self, spare: Spare) {
+        self.list().push(spare);
     }
 
     /// How many files the pool should hold, after `taken` files were
@@ -581,8 +624,9 @@ impl SparePool {
     }
 
     /// Moves the file at `path` into the pool unless the pool holds what
-    /// demand wants already; false if it was not kept. A file larger than
-    /// [`SPARE_KEEP_BYTES`] is emptied: a spare holds its blocks until reused.
+    /// demand wants already; false if it was not kept. It is emptied here,
+    /// off the commit path: a spare then holds no blocks, and its reuse
+    /// need not truncate it.
     fn keep(&self, path: &Path) -> bool {
         if self.len() >= self.wanted() {
             return false;
@@ -598,18 +642,19 @@ impl SparePool {
         if kept.is_err() {
             return false;
         }
-        let big = std::fs::metadata(&to).is_ok_and(|m| m.len() > SPARE_KEEP_BYTES);
-        if big
-            && OpenOptions::new()
-                .write(true)
-                .open(&to)
-                .and_then(|f| f.set_len(0))
-                .is_err()
-        {
+        let emptied = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&to)
+            .is_ok();
+        if !emptied {
             // Still a valid spare (a reuse truncates); it only holds blocks.
             debug!(file = %to.display(), "cannot empty a spare file");
         }
-        self.put(to);
+        self.put(Spare {
+            path: to,
+            empty: emptied,
+        });
         true
     }
 }
@@ -620,14 +665,14 @@ const PENDING_FILE: &str = "pending.ltx";
 /// per second.
 const SPARES_READY: usize = 512;
 
-/// The fewest spare files a pool wants (an idle database's).
-const SPARES_MIN: usize = 8;
+/// The fewest spare files a pool wants (an idle database's): enough for the
+/// first 50 ms of a burst of short transactions (a commit that finds the
+/// pool empty makes a new inode, several times the cost of a spare's). An
+/// empty file costs an inode and no block.
+const SPARES_MIN: usize = 64;
 
 /// Files a refill makes at least (plus twice those taken since the last).
-const SPARES_PER_REFILL: usize = 32;
-
-/// A removed L0 file kept as a spare is emptied above this size.
-const SPARE_KEEP_BYTES: u64 = 64 << 10;
+const SPARES_PER_REFILL: usize = 96;
 
 /// How a file is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -649,16 +694,13 @@ where
     } else {
         WriteMode::Create
     };
-    write_file_as(dir, name, mode, None, encode)
+    write_file_as(dir, name, mode, encode)
 }
 
-/// `spare`: a file to reuse as the new one if it exists (see
-/// [`StagingDir::remove`]).
 fn write_file_as<F>(
     dir: &Path,
     name: &str,
     mode: WriteMode,
-    spare: Option<PathBuf>,
     encode: F,
 ) -> Result<PathBuf, StagingError>
 where
@@ -670,26 +712,18 @@ where
         return Err(StagingError::Exists { path });
     }
     let tmp = dir.join(format!(".{name}.tmp"));
-    if let Some(s) = spare {
-        // Absent or not: either way the open below makes the file.
-        let _ = std::fs::rename(s, &tmp);
-    }
     let f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(&tmp)
         .map_err(|e| StagingError::io("cannot create", &tmp, e))?;
-    let written = (|| -> Result<(), StagingError> {
-        let mut w = BufWriter::new(SyncEvery::new(&f, &tmp));
-        encode(&mut w).map_err(|e| encode_error(&tmp, e))?;
-        w.into_inner()
-            .map_err(|e| encode_error(&tmp, e.into_error().into()))?;
+    let written = write_all(&f, &tmp, encode).and_then(|()| {
         if mode == WriteMode::Unsynced {
             return Ok(());
         }
         fsync(&f, &tmp)
-    })();
+    });
     if let Err(e) = written {
         // A full disk or a failed encode leaves nothing behind.
         let _ = std::fs::remove_file(&tmp);
@@ -700,6 +734,18 @@ where
         fsync_dir(dir)?;
     }
     Ok(path)
+}
+
+/// Encodes into the open file `f` (at `path`), without an fsync.
+fn write_all<F>(f: &File, path: &Path, encode: F) -> Result<(), StagingError>
+where
+    F: FnOnce(&mut BufWriter<SyncEvery<'_>>) -> ltx_format::Result<()>,
+{
+    let mut w = BufWriter::new(SyncEvery::new(f, path));
+    encode(&mut w).map_err(|e| encode_error(path, e))?;
+    w.into_inner()
+        .map_err(|e| encode_error(path, e.into_error().into()))?;
+    Ok(())
 }
 
 /// A file writer that flushes to disk every 16 MiB, so a large file (a
@@ -818,7 +864,7 @@ mod tests {
         let ino = std::fs::metadata(&next).unwrap().ino();
         assert!(ready.contains(&ino) && !spares().contains(&ino));
         assert_eq!(std::fs::read(&next).unwrap(), b"ltx bytes");
-        // More demand grows the pool, ramping up: 32 plus twice the files
+        // More demand grows the pool, ramping up: 96 plus twice the files
         // taken per round, towards four times the most taken in one round
         // (a mark that decays by an eighth a round).
         for t in 0..100 {
@@ -830,7 +876,7 @@ mod tests {
         assert_eq!(
             s.refill_spares().unwrap(),
             SPARES_PER_REFILL,
-            "still wanted: 8 + 4 × 89"
+            "still wanted: SPARES_MIN + 4 × 89"
         );
         while s.refill_spares().unwrap() > 0 {}
         assert!(spares().len() < SPARES_MIN + 4 * taken);
@@ -885,6 +931,20 @@ mod tests {
             .collect::<Vec<_>>();
         assert_eq!(kept.len(), SPARES_MIN - 4 + 1);
         assert!(kept.iter().all(|&n| n == 0), "{kept:?}");
+        // A spare a stop left half written is truncated when reused (and
+        // the deferred directory made on the way).
+        let third = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(third.path().join("spare")).unwrap();
+        let stale = third.path().join("spare/7");
+        std::fs::write(&stale, b"stale bytes of a file a stop left").unwrap();
+        let t = StagingDir::new(third.path());
+        let d = t
+            .write_deferred(Txid(1), |w| {
+                std::io::Write::write_all(w, b"new").map_err(ltx_format::Error::from)
+            })
+            .unwrap();
+        assert_eq!(std::fs::read(&d).unwrap(), b"new");
+        assert!(!stale.exists());
     }
 
     #[test]

@@ -70,6 +70,11 @@ struct State<R> {
     table: LockTable,
     waiters: WaitQueue<R>,
     busy: HashSet<(u64, u64)>,
+    /// Threads waiting in [`LockService::gate`] and in
+    /// [`LockService::wait_until`]: a notify (a system call) only when
+    /// there are any, not at every lock operation.
+    gate_waiting: usize,
+    release_waiting: usize,
     stopped: bool,
 }
 
@@ -92,8 +97,14 @@ pub struct Gate<'a, R> {
 
 impl<R> Drop for Gate<'_, R> {
     fn drop(&mut self) {
-        lock(&self.svc.state).busy.remove(&self.key);
-        self.svc.gate_cv.notify_all();
+        let waiting = {
+            let mut st = lock(&self.svc.state);
+            st.busy.remove(&self.key);
+            st.gate_waiting > 0
+        };
+        if waiting {
+            self.svc.gate_cv.notify_all();
+        }
     }
 }
 
@@ -106,6 +117,8 @@ impl<R: LockReply> LockService<R> {
                 table: LockTable::new(),
                 waiters: WaitQueue::new(),
                 busy: HashSet::new(),
+                gate_waiting: 0,
+                release_waiting: 0,
                 stopped: false,
             }),
             gate_cv: Condvar::new(),
@@ -169,7 +182,9 @@ impl<R: LockReply> LockService<R> {
         let key = (ino, owner);
         let mut st = lock(&self.state);
         while st.busy.contains(&key) {
+            st.gate_waiting += 1;
             st = wait(&self.gate_cv, st);
+            st.gate_waiting -= 1;
         }
         st.busy.insert(key);
         Gate { svc: self, key }
@@ -271,7 +286,9 @@ impl<R: LockReply> LockService<R> {
             if now >= deadline {
                 return false;
             }
+            st.release_waiting += 1;
             st = wait_timeout(&self.released_cv, st, deadline - now).0;
+            st.release_waiting -= 1;
         }
     }
 
@@ -288,8 +305,9 @@ impl<R: LockReply> LockService<R> {
         } else {
             waiters.retry(table, ino)
         };
+        let notify = !released.is_empty() && st.release_waiting > 0;
         drop(st);
-        if !released.is_empty() {
+        if notify {
             self.released_cv.notify_all();
         }
         (released, woken)

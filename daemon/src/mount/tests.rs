@@ -115,6 +115,67 @@ fn every_wal_commit_is_one_txid() {
 }
 
 #[test]
+fn commits_past_the_wal_read_window_and_a_wal_made_anew_are_captured() {
+    let (e, c) = env("WAL");
+    let mut cap = open(&e);
+    let mut want = vec![state(&e.db)];
+    // Three commits before one unlock: a small one, one of about 1.3 MiB
+    // (past the window read in one call), and a small one after it.
+    c.execute("INSERT INTO t(v) VALUES ('small')", []).unwrap();
+    want.push(state(&e.db));
+    let big = "x".repeat(3000);
+    c.execute_batch("BEGIN").unwrap();
+    for _ in 0..400 {
+        c.execute("INSERT INTO t(v) VALUES (?1)", [&big]).unwrap();
+    }
+    c.execute_batch("COMMIT").unwrap();
+    want.push(state(&e.db));
+    c.execute("INSERT INTO t(v) VALUES ('after')", []).unwrap();
+    want.push(state(&e.db));
+    let wal = crate::wal::source::wal_path(&e.db);
+    assert!(std::fs::metadata(&wal).unwrap().len() > 1 << 20);
+    assert_eq!(cap.wal_committed(false).unwrap(), 3);
+    cap.flush().unwrap();
+    // The last connection closes: SQLite checkpoints and deletes the WAL,
+    // and the flusher's round lets the capture's open WAL file go. The
+    // next connection makes a new WAL file, which the capture reads.
+    let held_deleted = || {
+        std::fs::read_dir("/proc/self/fd").unwrap().any(|e| {
+            std::fs::read_link(e.unwrap().path())
+                .is_ok_and(|l| l.to_string_lossy() == format!("{} (deleted)", wal.display()))
+        })
+    };
+    drop(c);
+    assert!(!wal.exists());
+    assert!(held_deleted());
+    cap.flush().unwrap();
+    assert!(!held_deleted(), "the deleted WAL's space is freed");
+    let c = Connection::open(&e.db).unwrap();
+    c.execute("INSERT INTO t(v) VALUES ('new wal')", [])
+        .unwrap();
+    want.push(state(&e.db));
+    assert_eq!(cap.wal_committed(false).unwrap(), 1);
+    // The same with the deleted WAL still held at the next commit point.
+    drop(c);
+    let c = Connection::open(&e.db).unwrap();
+    c.execute("INSERT INTO t(v) VALUES ('newer wal')", [])
+        .unwrap();
+    want.push(state(&e.db));
+    assert_eq!(cap.wal_committed(false).unwrap(), 1);
+    cap.flush().unwrap();
+    assert_eq!(cap.txid(), Txid(6));
+    let out = e.staging.root().join("out.db");
+    for (i, sum) in want.iter().enumerate() {
+        assert_eq!(
+            restored(&e.staging, i as u64 + 1, &out),
+            *sum,
+            "TXID {}",
+            i + 1
+        );
+    }
+}
+
+#[test]
 fn deferred_files_are_uploaded_only_once_flushed() {
     let (e, c) = env("WAL");
     let mut cap = open(&e);
