@@ -24,6 +24,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use ltx_format::journal::read_journal;
 use ltx_format::wal::{next_transaction, WalCursor, WalHeader, WalReader};
@@ -83,6 +84,77 @@ pub struct DbCapture {
     /// Whether the staging directory is on the database's filesystem
     /// (asked once, at the first capture at a database fsync).
     staging_on_db_fs: Option<bool>,
+    /// The flusher's hand-over of deferred files, run outside the capture's
+    /// lock (see [`DbCapture::take_synced`]).
+    promoting: Arc<Promoting>,
+}
+
+/// Whether a [`SyncedBatch`] is being handed over, and the files of one
+/// that failed, to be retried first.
+#[derive(Debug, Default)]
+struct Promoting {
+    state: Mutex<PromoteState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PromoteState {
+    busy: bool,
+    returned: Vec<StagedL0>,
+}
+
+impl Promoting {
+    fn state(&self) -> MutexGuard<'_, PromoteState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Durable deferred files, taken from a capture to be moved into `ltx/0` and
+/// handed over by the flusher without the capture's lock (see
+/// [`DbCapture::take_synced`]), and the position hint to record after them.
+#[derive(Debug)]
+pub struct SyncedBatch {
+    files: Vec<StagedL0>,
+    position: Option<Position>,
+    staging: StagingDir,
+    handoff: Handoff,
+    promoting: Arc<Promoting>,
+    db: PathBuf,
+}
+
+impl SyncedBatch {
+    /// Moves the files into `ltx/0` and hands them over, in order, then
+    /// records the position. On failure they go back to the capture, which
+    /// retries them before anything newer.
+    pub fn run(self) -> Result<()> {
+        let txids: Vec<Txid> = self.files.iter().map(|s| s.txid).collect();
+        let moved = if txids.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.staging.promote_deferred(&txids, true)
+        };
+        let mut st = self.promoting.state();
+        let r = match moved {
+            Ok(paths) => {
+                for (mut s, p) in self.files.into_iter().zip(paths) {
+                    s.path = p;
+                    self.handoff.staged(&s);
+                }
+                if let Some(pos) = &self.position {
+                    write_position(&self.db, &self.staging, pos);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                st.returned = self.files;
+                Err(e.into())
+            }
+        };
+        st.busy = false;
+        drop(st);
+        self.promoting.done.notify_all();
+        r
+    }
 }
 
 /// A transaction built, not yet written.
@@ -167,6 +239,7 @@ impl DbCapture {
             early: None,
             position_behind: true,
             staging_on_db_fs: None,
+            promoting: Arc::default(),
         }
     }
 
@@ -596,50 +669,79 @@ impl DbCapture {
 
     /// Makes the deferred files durable and hands them over.
     pub fn flush(&mut self) -> Result<()> {
-        let synced = self.deferred.iter().all(|&(_, synced)| synced);
-        self.promote(self.deferred.len(), synced)?;
-        self.persist();
+        self.wait_promoting();
+        let n = self.deferred.len();
+        if n > 0 {
+            let synced = self.deferred.iter().all(|&(_, synced)| synced);
+            let txids: Vec<Txid> = self.deferred.iter().map(|(s, _)| s.txid).collect();
+            let paths = self.staging.promote_deferred(&txids, synced)?;
+            for ((mut s, _), p) in self.deferred.drain(..n).zip(paths) {
+                s.path = p;
+                self.handoff.staged(&s);
+            }
+        }
+        if std::mem::take(&mut self.position_behind) {
+            write_position(&self.db, &self.staging, &self.position());
+        }
         self.forget_unlinked_wal();
         Ok(())
     }
 
-    /// Hands over the deferred files that are durable already, up to the
-    /// first that is not.
-    pub fn flush_synced(&mut self) -> Result<()> {
+    /// Takes the deferred files that are durable already, up to the first
+    /// that is not, for the flusher to move into place and hand over
+    /// without this capture's lock ([`SyncedBatch::run`]): about a
+    /// hundred renames and a directory fsync every interval under load,
+    /// which commits would otherwise wait for. Until the batch is done, a
+    /// [`DbCapture::flush`] (a durable commit's) waits for it, so no file
+    /// overtakes another.
+    pub fn take_synced(&mut self) -> Option<SyncedBatch> {
+        self.wait_promoting();
+        self.forget_unlinked_wal();
         let n = self.deferred.iter().take_while(|(_, s)| *s).count();
-        self.promote(n, true)?;
-        self.persist();
-        self.forget_unlinked_wal();
-        Ok(())
+        let position = std::mem::take(&mut self.position_behind).then(|| self.position());
+        if n == 0 && position.is_none() {
+            return None;
+        }
+        self.promoting.state().busy = true;
+        Some(SyncedBatch {
+            files: self.deferred.drain(..n).map(|(s, _)| s).collect(),
+            position,
+            staging: self.staging.clone(),
+            handoff: self.handoff.clone(),
+            promoting: self.promoting.clone(),
+            db: self.db.clone(),
+        })
     }
 
-    /// Moves the first `n` deferred files into place and hands them over.
-    fn promote(&mut self, n: usize, synced: bool) -> Result<()> {
-        if n == 0 {
-            return Ok(());
+    /// Waits for the flusher's batch, if one runs, and takes back the files
+    /// of one that failed, ahead of the rest.
+    fn wait_promoting(&mut self) {
+        let mut st = self.promoting.state();
+        while st.busy {
+            st = self
+                .promoting
+                .done
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
         }
-        let txids: Vec<Txid> = self.deferred[..n].iter().map(|(s, _)| s.txid).collect();
-        let paths = self.staging.promote_deferred(&txids, synced)?;
-        for ((mut s, _), p) in self.deferred.drain(..n).zip(paths) {
-            s.path = p;
-            self.handoff.staged(&s);
+        let back = std::mem::take(&mut st.returned);
+        drop(st);
+        if !back.is_empty() {
+            let rest = std::mem::take(&mut self.deferred);
+            self.deferred = back.into_iter().map(|s| (s, true)).chain(rest).collect();
         }
-        Ok(())
     }
 
-    /// Writes the position hint if it is behind (the staged files are the
-    /// truth). Called by the flusher every interval rather than at every
-    /// commit: four system calls and a dirty page less per transaction,
-    /// which the next `syncfs` would otherwise write out.
-    fn persist(&mut self) {
-        if !std::mem::take(&mut self.position_behind) {
-            return;
-        }
+    /// The position hint (the staged files are the truth). Recorded by
+    /// the flusher every interval rather than at every commit: four system
+    /// calls and a dirty page less per transaction, which the next
+    /// `syncfs` would otherwise write out.
+    fn position(&self) -> Position {
         let (salt1, salt2, seq, offset, chk) = match &self.wal {
             Some((h, c)) => (h.salt1, h.salt2, h.checkpoint_seq, c.offset, c.checksum),
             None => (0, 0, 0, 0, (0, 0)),
         };
-        let pos = Position {
+        Position {
             version: 1,
             txid: self.txid.0,
             checksum: self.last_post.to_string(),
@@ -651,10 +753,15 @@ impl DbCapture {
             wal_offset: offset,
             wal_checksum1: chk.0,
             wal_checksum2: chk.1,
-        };
-        if let Err(e) = write_json(&self.staging.position_path(), &pos) {
-            warn!(db = %self.db.display(), "cannot record the position: {e}");
         }
+    }
+}
+
+/// Records the position hint of `db`; a failure only warns (recovery reads
+/// the staged files).
+fn write_position(db: &Path, staging: &StagingDir, pos: &Position) {
+    if let Err(e) = write_json(&staging.position_path(), pos) {
+        warn!(db = %db.display(), "cannot record the position: {e}");
     }
 }
 

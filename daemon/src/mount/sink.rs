@@ -268,20 +268,27 @@ impl MountSink {
             };
             let mut guard = d.capture.lock().unwrap_or_else(|p| p.into_inner());
             let staging = guard.as_ref().map(|c| c.staging().clone());
+            let mut batch = None;
             if let Some(cap) = guard.as_mut() {
                 if let Some(txid) = synced {
                     cap.synced_up_to(txid);
                 }
-                let r = if all { cap.flush() } else { cap.flush_synced() };
+                let r = if all {
+                    cap.flush()
+                } else {
+                    batch = cap.take_synced();
+                    Ok(())
+                };
                 if let Err(e) = r {
-                    warn!(db = %path.display(), "flushing deferred files: {e}");
-                    if e.is_fatal() {
-                        d.handoff.fail(e.to_string());
-                        *guard = None;
-                    }
+                    Self::flush_failed(&path, &d, &mut guard, e);
                 }
             }
             drop(guard);
+            // Commits go on while the batch is moved into place.
+            if let Some(Err(e)) = batch.map(|b| b.run()) {
+                let mut guard = d.capture.lock().unwrap_or_else(|p| p.into_inner());
+                Self::flush_failed(&path, &d, &mut guard, e);
+            }
             if let (false, Some(s)) = (all, staging) {
                 match s.refill_spares() {
                     // A full disk is said by the captures that fail; the
@@ -293,6 +300,20 @@ impl MountSink {
                     Ok(_) => {}
                 }
             }
+        }
+    }
+
+    /// A flush of `db` failed: said, and fatal errors stop its capture.
+    fn flush_failed(
+        db: &Path,
+        d: &Db,
+        guard: &mut std::sync::MutexGuard<'_, Option<DbCapture>>,
+        e: CaptureError,
+    ) {
+        warn!(db = %db.display(), "flushing deferred files: {e}");
+        if e.is_fatal() {
+            d.handoff.fail(e.to_string());
+            **guard = None;
         }
     }
 

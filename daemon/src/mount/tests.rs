@@ -176,6 +176,50 @@ fn commits_past_the_wal_read_window_and_a_wal_made_anew_are_captured() {
 }
 
 #[test]
+fn the_flusher_hands_durable_files_over_outside_the_lock_in_order_and_retries_a_failure() {
+    let (e, c) = env("WAL");
+    let mut cap = open(&e);
+    let l0 = |e: &Env| -> Vec<u64> {
+        let files = e.staging.list_level(0).unwrap();
+        files.iter().map(|f| f.max.0).collect()
+    };
+    for v in ["a", "b"] {
+        c.execute("INSERT INTO t(v) VALUES (?1)", [v]).unwrap();
+        assert_eq!(cap.wal_committed(false).unwrap(), 1);
+    }
+    // Nothing synced yet: only the position hint to record.
+    let b = cap.take_synced().unwrap();
+    b.run().unwrap();
+    assert_eq!(l0(&e), [1]);
+    assert!(cap.take_synced().is_none(), "nothing left to do");
+    // Synced: the batch fails (its files are not where they were), and
+    // they come back ahead of a newer commit.
+    e.staging.sync_deferred_dir().unwrap();
+    cap.synced_up_to(Txid(3));
+    let b = cap.take_synced().unwrap();
+    let deferred = e.staging.root().join("deferred");
+    let aside = e.staging.root().join("aside");
+    std::fs::rename(&deferred, &aside).unwrap();
+    assert!(b.run().is_err());
+    std::fs::rename(&aside, &deferred).unwrap();
+    c.execute("INSERT INTO t(v) VALUES ('c')", []).unwrap();
+    assert_eq!(cap.wal_committed(false).unwrap(), 1);
+    e.staging.sync_deferred_dir().unwrap();
+    cap.synced_up_to(Txid(4));
+    let b = cap.take_synced().unwrap();
+    // A flush (a durable commit's) waits for the batch in flight.
+    let runner = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        b.run()
+    });
+    c.execute("INSERT INTO t(v) VALUES ('d')", []).unwrap();
+    assert_eq!(cap.wal_committed(true).unwrap(), 1);
+    assert_eq!(l0(&e), [1, 2, 3, 4, 5], "the batch went first");
+    runner.join().unwrap().unwrap();
+    assert!(e.staging.list_deferred().unwrap().is_empty());
+}
+
+#[test]
 fn deferred_files_are_uploaded_only_once_flushed() {
     let (e, c) = env("WAL");
     let mut cap = open(&e);
