@@ -415,11 +415,6 @@ impl StagingDir {
             let name = format_filename(t, t);
             let (from, to) = (dir.join(&name), l0.join(&name));
             if to.exists() {
-                if !from.exists() {
-                    // Moved by an attempt that failed after it: retried.
-                    out.push(to);
-                    continue;
-                }
                 return Err(StagingError::Exists { path: to });
             }
             std::fs::rename(&from, &to).map_err(|e| StagingError::io("rename", &from, e))?;

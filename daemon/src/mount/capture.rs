@@ -124,36 +124,36 @@ pub struct SyncedBatch {
 
 impl SyncedBatch {
     /// Moves the files into `ltx/0` and hands them over, in order, then
-    /// records the position. On failure they go back to the capture, which
-    /// retries them before anything newer.
-    pub fn run(self) -> Result<()> {
-        let txids: Vec<Txid> = self.files.iter().map(|s| s.txid).collect();
-        let moved = if txids.is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.staging.promote_deferred(&txids, true)
-        };
+    /// records the position. On failure, those not moved go back to the
+    /// capture, which retries them before anything newer (a later
+    /// hand-over covers those moved).
+    pub fn run(mut self) -> Result<()> {
+        if !self.files.is_empty() {
+            let txids: Vec<Txid> = self.files.iter().map(|s| s.txid).collect();
+            let paths = self.staging.promote_deferred(&txids, true)?;
+            for (mut s, p) in std::mem::take(&mut self.files).into_iter().zip(paths) {
+                s.path = p;
+                self.handoff.staged(&s);
+            }
+        }
+        if let Some(pos) = &self.position {
+            write_position(&self.db, &self.staging, pos);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SyncedBatch {
+    /// Ends the batch, run or not: a flush waiting for it goes on.
+    fn drop(&mut self) {
         let mut st = self.promoting.state();
-        let r = match moved {
-            Ok(paths) => {
-                for (mut s, p) in self.files.into_iter().zip(paths) {
-                    s.path = p;
-                    self.handoff.staged(&s);
-                }
-                if let Some(pos) = &self.position {
-                    write_position(&self.db, &self.staging, pos);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                st.returned = self.files;
-                Err(e.into())
-            }
-        };
+        st.returned = std::mem::take(&mut self.files)
+            .into_iter()
+            .filter(|s| s.path.exists())
+            .collect();
         st.busy = false;
         drop(st);
         self.promoting.done.notify_all();
-        r
     }
 }
 

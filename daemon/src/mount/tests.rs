@@ -192,16 +192,18 @@ fn the_flusher_hands_durable_files_over_outside_the_lock_in_order_and_retries_a_
     b.run().unwrap();
     assert_eq!(l0(&e), [1]);
     assert!(cap.take_synced().is_none(), "nothing left to do");
-    // Synced: the batch fails (its files are not where they were), and
-    // they come back ahead of a newer commit.
+    // Synced: the batch fails (`ltx/0` is a file for a moment), and the
+    // files come back ahead of a newer commit.
     e.staging.sync_deferred_dir().unwrap();
     cap.synced_up_to(Txid(3));
     let b = cap.take_synced().unwrap();
-    let deferred = e.staging.root().join("deferred");
+    let l0_dir = e.staging.level_dir(0);
     let aside = e.staging.root().join("aside");
-    std::fs::rename(&deferred, &aside).unwrap();
+    std::fs::rename(&l0_dir, &aside).unwrap();
+    std::fs::write(&l0_dir, b"in the way").unwrap();
     assert!(b.run().is_err());
-    std::fs::rename(&aside, &deferred).unwrap();
+    std::fs::remove_file(&l0_dir).unwrap();
+    std::fs::rename(&aside, &l0_dir).unwrap();
     c.execute("INSERT INTO t(v) VALUES ('c')", []).unwrap();
     assert_eq!(cap.wal_committed(false).unwrap(), 1);
     e.staging.sync_deferred_dir().unwrap();
