@@ -101,6 +101,11 @@ struct Promoting {
 struct PromoteState {
     busy: bool,
     returned: Vec<StagedL0>,
+    /// The failed batch's position hint is still to be recorded.
+    position_behind: bool,
+    /// A failed batch's error was fatal: the capture stops at its next
+    /// flush, before anything newer is handed over.
+    fatal: Option<String>,
 }
 
 impl Promoting {
@@ -120,6 +125,13 @@ pub struct SyncedBatch {
     handoff: Handoff,
     promoting: Arc<Promoting>,
     db: PathBuf,
+    fatal: Option<String>,
+}
+
+/// Whether the deferred file at `path` is gone (moved by a batch that then
+/// failed); a file that cannot be looked at is kept, not lost.
+fn moved(path: &Path) -> bool {
+    matches!(std::fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
 }
 
 impl SyncedBatch {
@@ -130,14 +142,22 @@ impl SyncedBatch {
     pub fn run(mut self) -> Result<()> {
         if !self.files.is_empty() {
             let txids: Vec<Txid> = self.files.iter().map(|s| s.txid).collect();
-            let paths = self.staging.promote_deferred(&txids, true)?;
+            let paths = match self.staging.promote_deferred(&txids, true) {
+                Ok(p) => p,
+                Err(e) => {
+                    if e.is_fatal() {
+                        self.fatal = Some(e.to_string());
+                    }
+                    return Err(e.into());
+                }
+            };
             for (mut s, p) in std::mem::take(&mut self.files).into_iter().zip(paths) {
                 s.path = p;
                 self.handoff.staged(&s);
             }
         }
-        if let Some(pos) = &self.position {
-            write_position(&self.db, &self.staging, pos);
+        if let Some(pos) = self.position.take() {
+            write_position(&self.db, &self.staging, &pos);
         }
         Ok(())
     }
@@ -149,8 +169,12 @@ impl Drop for SyncedBatch {
         let mut st = self.promoting.state();
         st.returned = std::mem::take(&mut self.files)
             .into_iter()
-            .filter(|s| s.path.exists())
+            .filter(|s| !moved(&s.path))
             .collect();
+        st.position_behind |= self.position.is_some();
+        if let Some(f) = self.fatal.take() {
+            st.fatal = Some(f);
+        }
         st.busy = false;
         drop(st);
         self.promoting.done.notify_all();
@@ -669,12 +693,20 @@ impl DbCapture {
 
     /// Makes the deferred files durable and hands them over.
     pub fn flush(&mut self) -> Result<()> {
-        self.wait_promoting();
+        self.wait_promoting()?;
         let n = self.deferred.len();
         if n > 0 {
             let synced = self.deferred.iter().all(|&(_, synced)| synced);
             let txids: Vec<Txid> = self.deferred.iter().map(|(s, _)| s.txid).collect();
-            let paths = self.staging.promote_deferred(&txids, synced)?;
+            let paths = match self.staging.promote_deferred(&txids, synced) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Those moved before the failure are handed over with
+                    // the next file; the rest are retried.
+                    self.deferred.retain(|(s, _)| !moved(&s.path));
+                    return Err(e.into());
+                }
+            };
             for ((mut s, _), p) in self.deferred.drain(..n).zip(paths) {
                 s.path = p;
                 self.handoff.staged(&s);
@@ -694,28 +726,30 @@ impl DbCapture {
     /// which commits would otherwise wait for. Until the batch is done, a
     /// [`DbCapture::flush`] (a durable commit's) waits for it, so no file
     /// overtakes another.
-    pub fn take_synced(&mut self) -> Option<SyncedBatch> {
-        self.wait_promoting();
+    pub fn take_synced(&mut self) -> Result<Option<SyncedBatch>> {
+        self.wait_promoting()?;
         self.forget_unlinked_wal();
         let n = self.deferred.iter().take_while(|(_, s)| *s).count();
         let position = std::mem::take(&mut self.position_behind).then(|| self.position());
         if n == 0 && position.is_none() {
-            return None;
+            return Ok(None);
         }
         self.promoting.state().busy = true;
-        Some(SyncedBatch {
+        Ok(Some(SyncedBatch {
             files: self.deferred.drain(..n).map(|(s, _)| s).collect(),
             position,
             staging: self.staging.clone(),
             handoff: self.handoff.clone(),
             promoting: self.promoting.clone(),
             db: self.db.clone(),
-        })
+            fatal: None,
+        }))
     }
 
     /// Waits for the flusher's batch, if one runs, and takes back the files
-    /// of one that failed, ahead of the rest.
-    fn wait_promoting(&mut self) {
+    /// of one that failed, ahead of the rest; fails if that failure was
+    /// fatal (the capture then stops before anything newer is handed over).
+    fn wait_promoting(&mut self) -> Result<()> {
         let mut st = self.promoting.state();
         while st.busy {
             st = self
@@ -725,10 +759,19 @@ impl DbCapture {
                 .unwrap_or_else(|p| p.into_inner());
         }
         let back = std::mem::take(&mut st.returned);
+        self.position_behind |= std::mem::take(&mut st.position_behind);
+        let fatal = st.fatal.clone();
         drop(st);
         if !back.is_empty() {
             let rest = std::mem::take(&mut self.deferred);
             self.deferred = back.into_iter().map(|s| (s, true)).chain(rest).collect();
+        }
+        match fatal {
+            Some(e) => Err(CaptureError::Database(format!(
+                "{}: handing deferred files over failed: {e}",
+                self.db.display()
+            ))),
+            None => Ok(()),
         }
     }
 

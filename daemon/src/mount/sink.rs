@@ -276,8 +276,7 @@ impl MountSink {
                 let r = if all {
                     cap.flush()
                 } else {
-                    batch = cap.take_synced();
-                    Ok(())
+                    cap.take_synced().map(|b| batch = b)
                 };
                 if let Err(e) = r {
                     Self::flush_failed(&path, &d, &mut guard, e);

@@ -188,15 +188,15 @@ fn the_flusher_hands_durable_files_over_outside_the_lock_in_order_and_retries_a_
         assert_eq!(cap.wal_committed(false).unwrap(), 1);
     }
     // Nothing synced yet: only the position hint to record.
-    let b = cap.take_synced().unwrap();
+    let b = cap.take_synced().unwrap().unwrap();
     b.run().unwrap();
     assert_eq!(l0(&e), [1]);
-    assert!(cap.take_synced().is_none(), "nothing left to do");
+    assert!(cap.take_synced().unwrap().is_none(), "nothing left to do");
     // Synced: the batch fails (`ltx/0` is a file for a moment), and the
     // files come back ahead of a newer commit.
     e.staging.sync_deferred_dir().unwrap();
     cap.synced_up_to(Txid(3));
-    let b = cap.take_synced().unwrap();
+    let b = cap.take_synced().unwrap().unwrap();
     let l0_dir = e.staging.level_dir(0);
     let aside = e.staging.root().join("aside");
     std::fs::rename(&l0_dir, &aside).unwrap();
@@ -208,7 +208,7 @@ fn the_flusher_hands_durable_files_over_outside_the_lock_in_order_and_retries_a_
     assert_eq!(cap.wal_committed(false).unwrap(), 1);
     e.staging.sync_deferred_dir().unwrap();
     cap.synced_up_to(Txid(4));
-    let b = cap.take_synced().unwrap();
+    let b = cap.take_synced().unwrap().unwrap();
     // A flush (a durable commit's) waits for the batch in flight.
     let runner = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(200));
@@ -219,6 +219,31 @@ fn the_flusher_hands_durable_files_over_outside_the_lock_in_order_and_retries_a_
     assert_eq!(l0(&e), [1, 2, 3, 4, 5], "the batch went first");
     runner.join().unwrap().unwrap();
     assert!(e.staging.list_deferred().unwrap().is_empty());
+}
+
+#[test]
+fn a_fatal_hand_over_failure_stops_the_capture_before_anything_newer() {
+    let (e, c) = env("WAL");
+    let mut cap = open(&e);
+    c.execute("INSERT INTO t(v) VALUES ('a')", []).unwrap();
+    assert_eq!(cap.wal_committed(false).unwrap(), 1);
+    e.staging.sync_deferred_dir().unwrap();
+    cap.synced_up_to(Txid(2));
+    let b = cap.take_synced().unwrap().unwrap();
+    // Another file of that name in `ltx/0` already: never overwritten.
+    std::fs::write(e.staging.ltx_path(0, Txid(2), Txid(2)), b"other").unwrap();
+    let err = b.run().unwrap_err();
+    assert!(err.is_fatal(), "{err}");
+    c.execute("INSERT INTO t(v) VALUES ('b')", []).unwrap();
+    let err = cap.wal_committed(true).unwrap_err();
+    assert!(err.is_fatal(), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("handing deferred files over failed: ")
+            && msg.ends_with("already exists; shipped LTX files are never overwritten"),
+        "{msg}"
+    );
+    assert_eq!(e.staging.list_level(0).unwrap().len(), 2, "nothing newer");
 }
 
 #[test]
