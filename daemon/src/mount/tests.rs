@@ -86,6 +86,20 @@ fn restored(staging: &StagingDir, upto: u64, out: &Path) -> Checksum {
         .0
 }
 
+/// A restore of the staged L0 files up to TXID i + 1 gives `want[i]`, for
+/// every i.
+fn restores_each(e: &Env, want: &[Checksum]) {
+    let out = e.staging.root().join("out.db");
+    for (i, sum) in want.iter().enumerate() {
+        assert_eq!(
+            restored(&e.staging, i as u64 + 1, &out),
+            *sum,
+            "TXID {}",
+            i + 1
+        );
+    }
+}
+
 #[test]
 fn every_wal_commit_is_one_txid() {
     let (e, c) = env("WAL");
@@ -103,15 +117,7 @@ fn every_wal_commit_is_one_txid() {
     assert_eq!(cap.wal_committed(true).unwrap(), 1);
     assert_eq!(cap.wal_committed(true).unwrap(), 0, "nothing new");
     assert_eq!(cap.txid(), Txid(4));
-    let out = e.staging.root().join("out.db");
-    for (i, sum) in want.iter().enumerate() {
-        assert_eq!(
-            restored(&e.staging, i as u64 + 1, &out),
-            *sum,
-            "TXID {}",
-            i + 1
-        );
-    }
+    restores_each(&e, &want);
 }
 
 #[test]
@@ -164,15 +170,7 @@ fn commits_past_the_wal_read_window_and_a_wal_made_anew_are_captured() {
     assert_eq!(cap.wal_committed(false).unwrap(), 1);
     cap.flush().unwrap();
     assert_eq!(cap.txid(), Txid(6));
-    let out = e.staging.root().join("out.db");
-    for (i, sum) in want.iter().enumerate() {
-        assert_eq!(
-            restored(&e.staging, i as u64 + 1, &out),
-            *sum,
-            "TXID {}",
-            i + 1
-        );
-    }
+    restores_each(&e, &want);
 }
 
 #[test]
