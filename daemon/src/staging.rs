@@ -285,8 +285,8 @@ impl StagingDir {
     /// has made it durable.
     ///
     /// This runs inside a commit, so it takes a spare inode when the pool
-    /// has one and writes it where it lies: open (truncating), write,
-    /// rename into place, close. A crash before the rename leaves a spare
+    /// has one and writes it where it lies: open (truncating only a spare
+    /// not known to be empty), write, rename into place, close. A crash before the rename leaves a spare
     /// with stale bytes, which the next start sees (see [`SparePool::scan`]).
     pub fn write_deferred<F>(&self, txid: Txid, encode: F) -> Result<PathBuf, StagingError>
     where
@@ -313,15 +313,7 @@ impl StagingDir {
             return Err(e);
         }
         let to = dir.join(&name);
-        std::fs::rename(&spare, &to)
-            .or_else(|e| {
-                if e.kind() != io::ErrorKind::NotFound {
-                    return Err(e);
-                }
-                std::fs::create_dir_all(&dir)?;
-                std::fs::rename(&spare, &to)
-            })
-            .map_err(|e| StagingError::io("rename", &spare, e))?;
+        rename_into(&spare, &dir, &to).map_err(|e| StagingError::io("rename", &spare, e))?;
         Ok(to)
     }
 
@@ -632,13 +624,7 @@ impl SparePool {
             return false;
         }
         let to = self.dir.join(self.next_name().to_string());
-        let kept = std::fs::rename(path, &to).or_else(|e| {
-            if e.kind() != io::ErrorKind::NotFound {
-                return Err(e);
-            }
-            std::fs::create_dir_all(&self.dir)?;
-            std::fs::rename(path, &to)
-        });
+        let kept = rename_into(path, &self.dir, &to);
         if kept.is_err() {
             return false;
         }
@@ -734,6 +720,18 @@ where
         fsync_dir(dir)?;
     }
     Ok(path)
+}
+
+/// Renames `from` to `to` in `dir`, making `dir` first if the rename finds it
+/// missing (created on first use, not at every rename).
+fn rename_into(from: &Path, dir: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to).or_else(|e| {
+        if e.kind() != io::ErrorKind::NotFound {
+            return Err(e);
+        }
+        std::fs::create_dir_all(dir)?;
+        std::fs::rename(from, to)
+    })
 }
 
 /// Encodes into the open file `f` (at `path`), without an fsync.
