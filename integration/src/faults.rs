@@ -35,6 +35,7 @@ pub fn env_number(name: &str, default: u64) -> u64 {
 #[derive(Debug)]
 pub struct NumberedWriter {
     stop: Arc<AtomicBool>,
+    begun: Arc<AtomicI64>,
     committed: Arc<AtomicI64>,
     thread: Option<std::thread::JoinHandle<i64>>,
 }
@@ -44,9 +45,11 @@ impl NumberedWriter {
     /// `pause`, for at most `limit`.
     pub fn start(db: &Path, pad_bytes: usize, pause: Duration, limit: Duration) -> NumberedWriter {
         let stop = Arc::new(AtomicBool::new(false));
+        let begun = Arc::new(AtomicI64::new(0));
         let committed = Arc::new(AtomicI64::new(0));
         let thread = {
-            let (db, stop, committed) = (db.to_path_buf(), stop.clone(), committed.clone());
+            let (db, stop) = (db.to_path_buf(), stop.clone());
+            let (begun, committed) = (begun.clone(), committed.clone());
             std::thread::spawn(move || {
                 let c = Connection::open(&db).expect("open the application database");
                 c.busy_timeout(Duration::from_secs(10))
@@ -56,6 +59,7 @@ impl NumberedWriter {
                 let mut i: i64 = 0;
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     i += 1;
+                    begun.store(i, Ordering::Release);
                     c.execute(
                         "INSERT INTO n(id, pad) VALUES (?1, randomblob(?2))",
                         rusqlite::params![i, pad_bytes as i64],
@@ -69,9 +73,17 @@ impl NumberedWriter {
         };
         NumberedWriter {
             stop,
+            begun,
             committed,
             thread: Some(thread),
         }
+    }
+
+    /// The highest row the application has begun to commit: no replica can
+    /// hold a row above it. (`committed` is set only once the commit has
+    /// returned, so a row shipped and restored in between can exceed it.)
+    pub fn begun(&self) -> i64 {
+        self.begun.load(Ordering::Acquire)
     }
 
     /// The highest row the application has committed so far.
