@@ -295,6 +295,11 @@ pub trait Hooks: Send + Sync + 'static {
         Ok(())
     }
 
+    /// A write, truncation or removal of `path` (an unlink, or a rename
+    /// over it) that a `before_*` hook let through was done, before the
+    /// requester hears it. Not called when the operation failed. Cannot fail.
+    fn changed(&self, _path: &Path) {}
+
     /// Before a write to a routed file; `Err` fails the write(2).
     fn before_write(&self, _ev: &WriteEvent<'_>) -> Result<(), Errno> {
         Ok(())

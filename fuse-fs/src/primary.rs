@@ -90,6 +90,13 @@ pub trait TxSink: Send + Sync + 'static {
         writes: u64,
     ) -> Result<(), String>;
 
+    /// The invalidation of `db`'s rollback journal that
+    /// [`TxSink::journal_committing`] captured (its `Ok`) was done: the
+    /// transaction committed. Until then the sink must not publish its file:
+    /// if the invalidation fails, or the daemon dies first, the journal
+    /// stays hot and the transaction is rolled back.
+    fn journal_invalidated(&self, _db: &Path) {}
+
     /// `db`, not in WAL mode, is about to be fsynced while its rollback
     /// journal `journal` exists: SQLite syncs the database after writing a
     /// transaction's pages and right before invalidating the journal. The
@@ -150,6 +157,9 @@ struct DbState {
     db_writes: u64,
     /// The journal was created and not synced since.
     journal_new: bool,
+    /// A journal invalidation was let through after a capture: the sink
+    /// hears when it is done ([`TxSink::journal_invalidated`]).
+    journal_invalidating: bool,
 }
 
 /// The primary's hooks over a [`TxSink`].
@@ -374,7 +384,9 @@ impl<S: TxSink> PrimaryHooks<S> {
             self.with_db(db, |s| (std::mem::take(&mut s.journal_synced), s.db_writes));
         self.sink
             .journal_committing(db, journal, durable, writes)
-            .map_err(|_| Errno::EIO)
+            .map_err(|_| Errno::EIO)?;
+        self.with_db(db, |s| s.journal_invalidating = true);
+        Ok(())
     }
 
     /// Counts a write or truncation of a database file.
@@ -453,6 +465,14 @@ impl<S: TxSink> Hooks for PrimaryHooks<S> {
         // until a capture succeeds, so no uncaptured commit is overwritten.
         let _ = self.sink.wal_committed(&db, durable);
         Ok(())
+    }
+
+    fn changed(&self, path: &Path) {
+        if let Role::Journal(db) = role(path) {
+            if self.with_db(&db, |s| std::mem::take(&mut s.journal_invalidating)) {
+                self.sink.journal_invalidated(&db);
+            }
+        }
     }
 
     fn before_write(&self, ev: &WriteEvent<'_>) -> Result<(), Errno> {

@@ -78,6 +78,13 @@ pub struct DbCapture {
     /// A rollback-journal transaction captured at the database's fsync,
     /// waiting for its commit point.
     early: Option<Early>,
+    /// A rollback-journal transaction captured at its commit point whose
+    /// journal invalidation is not known to be done
+    /// ([`DbCapture::journal_invalidated`]): until then its file stays in
+    /// the deferred directory, where recovery drops it if the journal is
+    /// still hot (the transaction never committed), and no position hint
+    /// names it.
+    committing: Option<Txid>,
     /// The position hint is behind: written by the flusher, not at every
     /// commit (recovery takes the newest staged file over an older hint).
     position_behind: bool,
@@ -261,6 +268,7 @@ impl DbCapture {
             wal,
             deferred: Vec::new(),
             early: None,
+            committing: None,
             position_behind: true,
             staging_on_db_fs: None,
             promoting: Arc::default(),
@@ -441,6 +449,7 @@ impl DbCapture {
         if let Some(e) = self.early.take() {
             if e.writes == writes && durable {
                 self.commit_early(e);
+                self.committing = Some(self.txid);
                 return Ok(true);
             }
             debug!(db = %self.db.display(), "the database changed after its fsync: capturing again");
@@ -449,7 +458,37 @@ impl DbCapture {
         let Some((commit, changed)) = self.journal_pages(journal)? else {
             return Ok(false);
         };
-        self.stage(commit, &Pages::Db(&changed), durable, None)
+        let staged = self.stage(commit, &Pages::Db(&changed), durable, None)?;
+        if staged {
+            self.committing = Some(self.txid);
+        }
+        Ok(staged)
+    }
+
+    /// Makes the deferred files not durable yet durable (one `syncfs`)
+    /// before a durable one is written: recovery keeps a deferred file only
+    /// if every older one survived.
+    fn sync_older(&mut self) -> Result<()> {
+        if let Some(t) = self.unsynced() {
+            self.staging.sync_deferred_dir()?;
+            self.synced_up_to(t);
+        }
+        Ok(())
+    }
+
+    /// The journal invalidation of the transaction captured last was done:
+    /// it committed, and its file may be handed over.
+    pub fn journal_invalidated(&mut self) {
+        self.committing = None;
+    }
+
+    /// How many deferred files, oldest first, may be handed over: not the
+    /// one of a transaction still committing, nor any newer.
+    fn publishable(&self) -> usize {
+        match self.committing {
+            Some(t) => self.deferred.iter().take_while(|(s, _)| s.txid < t).count(),
+            None => self.deferred.len(),
+        }
     }
 
     /// The database is about to be fsynced while its journal `journal`
@@ -466,6 +505,8 @@ impl DbCapture {
         if let Some(e) = self.early.take() {
             remove_early(&e);
         }
+        // A new transaction: the last one's journal invalidation is done.
+        self.committing = None;
         if self.page_size_changed() {
             return Ok(false);
         }
@@ -476,6 +517,7 @@ impl DbCapture {
         let Some(b) = self.build(commit, &pages, None)? else {
             return Ok(false);
         };
+        self.sync_older()?;
         let path = self
             .staging
             .write_deferred(b.txid, |w| self.encode(&b, &pages, w))?;
@@ -608,29 +650,40 @@ impl DbCapture {
         if let Some(e) = self.early.take() {
             remove_early(&e);
         }
+        // A new transaction: the last one's journal invalidation is done.
+        self.committing = None;
         let Some(b) = self.build(commit, pages, wal)? else {
             return Ok(false);
         };
-        // A durable file must not overtake deferred ones: they become
-        // durable first.
-        if durable {
+        // A WAL commit is done once its frame is in the WAL: a durable one
+        // goes straight into place, after the deferred files (made durable
+        // first, so it overtakes none). A rollback-journal transaction
+        // commits only when its journal is invalidated, after this: its
+        // file is deferred, and made durable here if it must be.
+        let direct = durable && wal.is_some();
+        if direct {
             self.flush()?;
+        } else if durable {
+            self.sync_older()?;
         }
         let encode =
             |w: &mut std::io::BufWriter<crate::staging::SyncEvery<'_>>| self.encode(&b, pages, w);
-        let path = if durable {
+        let path = if direct {
             self.staging.write_ltx(0, b.txid, b.txid, encode)?
         } else {
             self.staging.write_deferred(b.txid, encode)?
         };
+        if durable && !direct {
+            self.staging.sync_deferred(&path, &self.db_file, false)?;
+        }
         let staged = self.advance(b, path);
         if wal.is_some() {
             self.wal = wal;
         }
-        if durable {
+        if direct {
             self.handoff.staged(&staged);
         } else {
-            self.deferred.push((staged, false));
+            self.deferred.push((staged, durable));
         }
         self.position_behind = true;
         Ok(true)
@@ -694,10 +747,10 @@ impl DbCapture {
     /// Makes the deferred files durable and hands them over.
     pub fn flush(&mut self) -> Result<()> {
         self.wait_promoting()?;
-        let n = self.deferred.len();
+        let n = self.publishable();
         if n > 0 {
-            let synced = self.deferred.iter().all(|&(_, synced)| synced);
-            let txids: Vec<Txid> = self.deferred.iter().map(|(s, _)| s.txid).collect();
+            let synced = self.deferred[..n].iter().all(|&(_, synced)| synced);
+            let txids: Vec<Txid> = self.deferred[..n].iter().map(|(s, _)| s.txid).collect();
             let paths = match self.staging.promote_deferred(&txids, synced) {
                 Ok(p) => p,
                 Err(e) => {
@@ -712,7 +765,7 @@ impl DbCapture {
                 self.handoff.staged(&s);
             }
         }
-        if std::mem::take(&mut self.position_behind) {
+        if self.committing.is_none() && std::mem::take(&mut self.position_behind) {
             write_position(&self.db, &self.staging, &self.position());
         }
         self.forget_unlinked_wal();
@@ -729,8 +782,12 @@ impl DbCapture {
     pub fn take_synced(&mut self) -> Result<Option<SyncedBatch>> {
         self.wait_promoting()?;
         self.forget_unlinked_wal();
-        let n = self.deferred.iter().take_while(|(_, s)| *s).count();
-        let position = std::mem::take(&mut self.position_behind).then(|| self.position());
+        let n = self.deferred[..self.publishable()]
+            .iter()
+            .take_while(|(_, s)| *s)
+            .count();
+        let position = (self.committing.is_none() && std::mem::take(&mut self.position_behind))
+            .then(|| self.position());
         if n == 0 && position.is_none() {
             return Ok(None);
         }

@@ -146,6 +146,10 @@ impl TxSink for Sink {
             .map_err(|e| e.to_string())
     }
 
+    fn journal_invalidated(&self, db: &Path) {
+        self.0.journal_invalidated(db)
+    }
+
     fn database_syncing(&self, db: &Path, journal: &Path, writes: u64) -> Result<bool, String> {
         Ok(self.0.database_syncing(db, journal, writes))
     }

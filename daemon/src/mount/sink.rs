@@ -236,6 +236,23 @@ impl MountSink {
         })
     }
 
+    /// The invalidation of `db`'s journal captured last was done: its file
+    /// may be handed over.
+    pub fn journal_invalidated(&self, db: &Path) {
+        // Only a database whose capture is open has anything to publish.
+        let d = self
+            .dbs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(db)
+            .cloned();
+        if let Some(d) = d {
+            if let Some(c) = d.capture.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                c.journal_invalidated();
+            }
+        }
+    }
+
     /// Makes the deferred files durable and hands them over: every one
     /// (`all`, at unmount), or (the flusher, every interval) those staged
     /// before one `syncfs` that runs without holding up capture.

@@ -270,6 +270,16 @@ fn deferred_files_are_uploaded_only_once_flushed() {
     assert!(e.staging.list_deferred().unwrap().is_empty());
 }
 
+/// How many L0 files past `at` are staged (published).
+fn staged_after(e: &Env, at: Txid) -> usize {
+    e.staging
+        .list_level(0)
+        .unwrap()
+        .iter()
+        .filter(|f| f.max.0 > at.0)
+        .count()
+}
+
 /// Runs `sql` then `end` (COMMIT or ROLLBACK) and calls `capture` with the
 /// journal as it was mid-transaction put back: together with the database as
 /// it is after the end, that is what the filesystem sees at the journal's
@@ -322,6 +332,13 @@ fn a_journal_commit_is_one_txid_and_a_rollback_none() {
     assert!(at_invalidation(&e, &c, insert, "COMMIT", || cap
         .journal_committing(&j, true, 0)
         .unwrap()));
+    // Durable, but published only once the invalidation is done.
+    cap.flush().unwrap();
+    assert_eq!(e.staging.list_deferred().unwrap().len(), 1);
+    assert_eq!(staged_after(&e, at), 0);
+    cap.journal_invalidated();
+    cap.flush().unwrap();
+    assert_eq!(staged_after(&e, at), 1);
     let after = state(&e.db);
     let rolled_back = at_invalidation(&e, &c, "DELETE FROM t WHERE id % 2 = 0", "ROLLBACK", || {
         cap.journal_committing(&j, true, 0).unwrap()
@@ -335,6 +352,8 @@ fn a_journal_commit_is_one_txid_and_a_rollback_none() {
         "COMMIT",
         || cap.journal_committing(&j, true, 0).unwrap()
     ));
+    cap.journal_invalidated();
+    cap.flush().unwrap();
     let out = e.staging.root().join("out.db");
     assert_eq!(cap.txid(), Txid(at.0 + 2));
     assert_eq!(restored(&e.staging, at.0 + 1, &out), after);
@@ -348,14 +367,6 @@ fn a_capture_at_the_database_fsync_commits_as_is_or_is_redone() {
     let mut cap = open(&e);
     let j = journal_path(&e.db);
     let at = cap.txid();
-    let staged_after = |e: &Env| {
-        e.staging
-            .list_level(0)
-            .unwrap()
-            .iter()
-            .filter(|f| f.max.0 > at.0)
-            .count()
-    };
     let insert = "INSERT INTO t(v) SELECT hex(randomblob(900)) FROM t, t AS b LIMIT 20";
     // Captured at the fsync and synced with the database (one syncfs: the
     // staging directory is on its filesystem); the commit point, with the
@@ -370,10 +381,17 @@ fn a_capture_at_the_database_fsync_commits_as_is_or_is_redone() {
     }));
     let first = state(&e.db);
     assert_eq!(cap.txid(), Txid(at.0 + 1));
-    assert_eq!(staged_after(&e), 0, "handed on by the next flush");
+    assert_eq!(staged_after(&e, at), 0, "handed on by the next flush");
+    cap.flush().unwrap();
+    assert_eq!(
+        staged_after(&e, at),
+        0,
+        "not before the invalidation is done"
+    );
+    cap.journal_invalidated();
     cap.flush().unwrap();
     assert!(e.staging.list_deferred().unwrap().is_empty());
-    assert_eq!(staged_after(&e), 1);
+    assert_eq!(staged_after(&e, at), 1);
     // The database written after its fsync: captured again at the commit
     // point, and the early file removed.
     assert!(at_invalidation(
@@ -386,8 +404,15 @@ fn a_capture_at_the_database_fsync_commits_as_is_or_is_redone() {
             cap.journal_committing(&j, true, 9).unwrap()
         }
     ));
+    assert_eq!(
+        e.staging.list_deferred().unwrap().len(),
+        1,
+        "the new capture only"
+    );
+    cap.journal_invalidated();
+    cap.flush().unwrap();
     assert!(e.staging.list_deferred().unwrap().is_empty());
-    assert_eq!(staged_after(&e), 2);
+    assert_eq!(staged_after(&e, at), 2);
     // A transaction rolled back after the fsync: nothing.
     let rolled_back = at_invalidation(&e, &c, "DELETE FROM t WHERE id > 2", "ROLLBACK", || {
         cap.database_syncing(&j, 10).unwrap();
@@ -428,6 +453,75 @@ fn a_capture_at_the_fsync_of_a_transaction_that_never_committed_is_dropped_at_re
         at,
         "no TXID for the transaction that never committed"
     );
+    assert!(e.staging.list_deferred().unwrap().is_empty());
+}
+
+#[test]
+fn a_durable_journal_capture_makes_older_deferred_files_durable_first() {
+    let (e, c) = env("PERSIST");
+    c.execute_batch("PRAGMA synchronous=OFF").unwrap();
+    let mut cap = open(&e);
+    let j = journal_path(&e.db);
+    let at = cap.txid();
+    // Not synced by the application: deferred, not durable.
+    assert!(at_invalidation(
+        &e,
+        &c,
+        "DELETE FROM t WHERE id = 2",
+        "COMMIT",
+        || { cap.journal_committing(&j, false, 0).unwrap() }
+    ));
+    cap.journal_invalidated();
+    assert_eq!(cap.unsynced(), Some(Txid(at.0 + 1)));
+    // Synced: recovery keeps it only if the older file survives too.
+    assert!(at_invalidation(
+        &e,
+        &c,
+        "DELETE FROM t WHERE id = 3",
+        "COMMIT",
+        || { cap.journal_committing(&j, true, 0).unwrap() }
+    ));
+    assert_eq!(cap.unsynced(), None, "both durable");
+    cap.journal_invalidated();
+    cap.flush().unwrap();
+    assert_eq!(staged_after(&e, at), 2);
+    let out = e.staging.root().join("out.db");
+    assert_eq!(restored(&e.staging, at.0 + 2, &out), state(&e.db));
+}
+
+#[test]
+fn a_capture_at_the_commit_point_of_a_transaction_that_never_committed_is_dropped_at_recovery() {
+    let (e, c) = env("PERSIST");
+    c.execute_batch("PRAGMA synchronous=OFF").unwrap();
+    let mut cap = open(&e);
+    let j = journal_path(&e.db);
+    let at = cap.txid();
+    let before = state(&e.db);
+    let mut hot = Vec::new();
+    at_invalidation(&e, &c, "DELETE FROM t WHERE id > 1", "COMMIT", || {
+        // Captured at the commit point (no capture at the fsync), durable;
+        // then the daemon dies before the journal's unlink is done.
+        assert!(cap.journal_committing(&j, true, 0).unwrap());
+        hot = std::fs::read(&j).unwrap();
+    });
+    // The flusher runs meanwhile: it publishes neither the file nor a
+    // position hint that names it.
+    let hint = std::fs::read(e.staging.position_path()).ok();
+    cap.flush().unwrap();
+    assert_eq!(staged_after(&e, at), 0);
+    assert_eq!(std::fs::read(e.staging.position_path()).ok(), hint);
+    drop(cap);
+    drop(c);
+    std::fs::write(&j, &hot).unwrap();
+    assert_eq!(e.staging.list_deferred().unwrap().len(), 1);
+    let cap = open(&e);
+    assert_eq!(state(&e.db), before, "the hot journal was rolled back");
+    assert_eq!(
+        cap.txid(),
+        at,
+        "no TXID for the transaction that never committed"
+    );
+    assert_eq!(staged_after(&e, at), 0);
     assert!(e.staging.list_deferred().unwrap().is_empty());
 }
 

@@ -110,6 +110,7 @@ impl Core {
                 (None, Some(p)) => OpenOptions::new().write(true).open(p)?.set_len(size)?,
                 (None, None) => return Err(Errno::ENOENT),
             }
+            self.hooks.changed(&hook_path);
         }
         self.set_meta(&a, handle.as_deref(), path.as_deref())?;
         let meta = match (&handle, &path) {
@@ -187,6 +188,9 @@ impl Core {
             );
         }
         let file = options.open(&path)?;
+        if flags & libc::O_TRUNC != 0 {
+            self.hooks.changed(&path);
+        }
         self.register_open(caller, ino, &path, flags, false, file, make_backing)
     }
 
@@ -271,7 +275,11 @@ impl Core {
                 (flags & (libc::O_SYNC | libc::O_DSYNC)) | libc::O_NOFOLLOW | libc::O_TRUNC,
             );
         }
-        Ok(options.open(path)?)
+        let file = options.open(path)?;
+        if flags & libc::O_TRUNC != 0 {
+            self.hooks.changed(path);
+        }
+        Ok(file)
     }
 
     pub(super) fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
@@ -299,19 +307,22 @@ impl Core {
     ) -> Result<u32, Errno> {
         self.writable()?;
         let h = self.handle(fh)?;
-        if h.is_routed() {
-            let path = self.hook_path(h.ino);
-            self.hooks.before_write(&WriteEvent {
-                path: &path,
-                ino: h.ino,
-                fh,
-                offset,
-                data,
-                lock_owner,
-                file: &h.file,
-            })?;
+        if !h.is_routed() {
+            h.file.write_all_at(data, offset)?;
+            return u32::try_from(data.len()).map_err(|_| Errno::EINVAL);
         }
+        let path = self.hook_path(h.ino);
+        self.hooks.before_write(&WriteEvent {
+            path: &path,
+            ino: h.ino,
+            fh,
+            offset,
+            data,
+            lock_owner,
+            file: &h.file,
+        })?;
         h.file.write_all_at(data, offset)?;
+        self.hooks.changed(&path);
         u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
     }
 

@@ -139,6 +139,7 @@ impl Core {
         let path = self.abs(&lock(&self.inodes).child_path(parent, name)?);
         self.hooks.before_unlink(&path)?;
         fs::remove_file(&path)?;
+        self.hooks.changed(&path);
         lock(&self.inodes).unlink(parent, name);
         Ok(())
     }
@@ -178,9 +179,7 @@ impl Core {
         {
             return Err(Errno::EINVAL);
         }
-        if !exchange {
-            self.before_replace(&from, &to)?;
-        }
+        let replaced = !exchange && self.before_replace(&from, &to)?;
         self.hooks.before_rename(&from, &to)?;
         if flags.is_empty() {
             fs::rename(&from, &to)?;
@@ -188,6 +187,9 @@ impl Core {
             let nix_flags = nix::fcntl::RenameFlags::from_bits_truncate(flags.bits());
             let cwd = nix::fcntl::AT_FDCWD;
             nix::fcntl::renameat2(cwd, &from, cwd, &to, nix_flags).map_err(nix_errno)?;
+        }
+        if replaced {
+            self.hooks.changed(&to);
         }
         let mut inodes = lock(&self.inodes);
         if exchange {
@@ -199,16 +201,18 @@ impl Core {
     }
 
     /// A rename onto an existing file (not a directory, not the same file)
-    /// removes that file's name: the unlink hook hears of it.
-    fn before_replace(&self, from: &Path, to: &Path) -> Result<(), Errno> {
+    /// removes that file's name: the unlink hook hears of it. Returns
+    /// whether it did.
+    fn before_replace(&self, from: &Path, to: &Path) -> Result<bool, Errno> {
         let Ok(target) = fs::symlink_metadata(to) else {
-            return Ok(());
+            return Ok(false);
         };
         let source = fs::symlink_metadata(from)?;
         if target.is_dir() || backing_key(&target) == backing_key(&source) {
-            return Ok(());
+            return Ok(false);
         }
-        self.hooks.before_unlink(to)
+        self.hooks.before_unlink(to)?;
+        Ok(true)
     }
 
     pub(super) fn opendir(&self, ino: u64) -> Result<u64, Errno> {
