@@ -88,6 +88,10 @@ pub struct DbCapture {
     /// The position hint is behind: written by the flusher, not at every
     /// commit (recovery takes the newest staged file over an older hint).
     position_behind: bool,
+    /// The position after each deferred file, recorded at its capture: a
+    /// hint may name only a published file, never one that a power loss
+    /// could still take (recovery would continue the chain past a gap).
+    hints: std::collections::BTreeMap<Txid, Position>,
     /// Whether the staging directory is on the database's filesystem
     /// (asked once, at the first capture at a database fsync).
     staging_on_db_fs: Option<bool>,
@@ -270,6 +274,7 @@ impl DbCapture {
             early: None,
             committing: None,
             position_behind: true,
+            hints: Default::default(),
             staging_on_db_fs: None,
             promoting: Arc::default(),
         }
@@ -536,6 +541,7 @@ impl DbCapture {
     /// The transaction captured at the database's fsync committed.
     fn commit_early(&mut self, e: Early) {
         let staged = self.advance(e.built, e.path);
+        self.hints.insert(staged.txid, self.position());
         self.deferred.push((staged, true));
         self.position_behind = true;
     }
@@ -683,6 +689,7 @@ impl DbCapture {
         if direct {
             self.handoff.staged(&staged);
         } else {
+            self.hints.insert(staged.txid, self.position());
             self.deferred.push((staged, durable));
         }
         self.position_behind = true;
@@ -748,6 +755,7 @@ impl DbCapture {
     pub fn flush(&mut self) -> Result<()> {
         self.wait_promoting()?;
         let n = self.publishable();
+        let upto = n.checked_sub(1).map(|i| self.deferred[i].0.txid);
         if n > 0 {
             let synced = self.deferred[..n].iter().all(|&(_, synced)| synced);
             let txids: Vec<Txid> = self.deferred[..n].iter().map(|(s, _)| s.txid).collect();
@@ -765,11 +773,28 @@ impl DbCapture {
                 self.handoff.staged(&s);
             }
         }
-        if self.committing.is_none() && std::mem::take(&mut self.position_behind) {
-            write_position(&self.db, &self.staging, &self.position());
+        if let Some(hint) = self.hint_after(upto, self.deferred.len()) {
+            write_position(&self.db, &self.staging, &hint);
         }
         self.forget_unlinked_wal();
         Ok(())
+    }
+
+    /// The position hint to record once the deferred files up to `upto`
+    /// are published, `left` deferred files staying behind: the capture's
+    /// own position when none stays, else the position recorded with the
+    /// file at `upto`; None when there is nothing new to record.
+    fn hint_after(&mut self, upto: Option<Txid>, left: usize) -> Option<Position> {
+        let mut hint = None;
+        if let Some(t) = upto {
+            let newer = self.hints.split_off(&Txid(t.0 + 1));
+            hint = std::mem::replace(&mut self.hints, newer).remove(&t);
+        }
+        if left == 0 && self.committing.is_none() {
+            self.hints.clear();
+            return std::mem::take(&mut self.position_behind).then(|| self.position());
+        }
+        hint
     }
 
     /// Takes the deferred files that are durable already, up to the first
@@ -786,8 +811,8 @@ impl DbCapture {
             .iter()
             .take_while(|(_, s)| *s)
             .count();
-        let position = (self.committing.is_none() && std::mem::take(&mut self.position_behind))
-            .then(|| self.position());
+        let upto = n.checked_sub(1).map(|i| self.deferred[i].0.txid);
+        let position = self.hint_after(upto, self.deferred.len() - n);
         if n == 0 && position.is_none() {
             return Ok(None);
         }

@@ -185,11 +185,10 @@ fn the_flusher_hands_durable_files_over_outside_the_lock_in_order_and_retries_a_
         c.execute("INSERT INTO t(v) VALUES (?1)", [v]).unwrap();
         assert_eq!(cap.wal_committed(false).unwrap(), 1);
     }
-    // Nothing synced yet: only the position hint to record.
-    let b = cap.take_synced().unwrap().unwrap();
-    b.run().unwrap();
+    // Nothing synced yet: nothing to do (not even the position hint, which
+    // may name only published files).
+    assert!(cap.take_synced().unwrap().is_none(), "nothing to do");
     assert_eq!(l0(&e), [1]);
-    assert!(cap.take_synced().unwrap().is_none(), "nothing left to do");
     // Synced: the batch fails (`ltx/0` is a file for a moment), and the
     // files come back ahead of a newer commit.
     e.staging.sync_deferred_dir().unwrap();
@@ -217,6 +216,37 @@ fn the_flusher_hands_durable_files_over_outside_the_lock_in_order_and_retries_a_
     assert_eq!(l0(&e), [1, 2, 3, 4, 5], "the batch went first");
     runner.join().unwrap().unwrap();
     assert!(e.staging.list_deferred().unwrap().is_empty());
+}
+
+#[test]
+fn the_position_hint_names_only_published_files() {
+    let (e, c) = env("WAL");
+    let mut cap = open(&e);
+    let at = cap.txid();
+    let hint = |e: &Env| -> u64 {
+        let p: Option<crate::wal::position::Position> =
+            crate::state::read_json(&e.staging.position_path()).unwrap();
+        p.map_or(0, |p| p.txid)
+    };
+    let before = hint(&e);
+    for v in ["a", "b"] {
+        c.execute("INSERT INTO t(v) VALUES (?1)", [v]).unwrap();
+        assert_eq!(cap.wal_committed(false).unwrap(), 1);
+    }
+    // The first file is durable, the second not yet: the hint moves to the
+    // first only (a power loss could take the second).
+    e.staging.sync_deferred_dir().unwrap();
+    cap.synced_up_to(Txid(at.0 + 1));
+    cap.take_synced().unwrap().unwrap().run().unwrap();
+    assert_eq!(hint(&e), at.0 + 1, "was {before}");
+    e.staging.sync_deferred_dir().unwrap();
+    cap.synced_up_to(Txid(at.0 + 2));
+    cap.take_synced().unwrap().unwrap().run().unwrap();
+    assert_eq!(hint(&e), at.0 + 2);
+    assert!(cap.take_synced().unwrap().is_none(), "nothing left to do");
+    // What the hint says is where capture resumes.
+    drop(cap);
+    assert_eq!(open(&e).txid(), Txid(at.0 + 2));
 }
 
 #[test]
@@ -507,6 +537,10 @@ fn a_capture_at_the_commit_point_of_a_transaction_that_never_committed_is_droppe
     // The flusher runs meanwhile: it publishes neither the file nor a
     // position hint that names it.
     let hint = std::fs::read(e.staging.position_path()).ok();
+    if let Some(b) = cap.take_synced().unwrap() {
+        b.run().unwrap();
+    }
+    assert_eq!(staged_after(&e, at), 0);
     cap.flush().unwrap();
     assert_eq!(staged_after(&e, at), 0);
     assert_eq!(std::fs::read(e.staging.position_path()).ok(), hint);
