@@ -88,10 +88,10 @@ pub struct DbCapture {
     /// The position hint is behind: written by the flusher, not at every
     /// commit (recovery takes the newest staged file over an older hint).
     position_behind: bool,
-    /// The position after each deferred file, recorded at its capture: a
+    /// Where capture stood after each deferred file, oldest first: a
     /// hint may name only a published file, never one that a power loss
     /// could still take (recovery would continue the chain past a gap).
-    hints: std::collections::BTreeMap<Txid, Position>,
+    hints: std::collections::VecDeque<Mark>,
     /// Whether the staging directory is on the database's filesystem
     /// (asked once, at the first capture at a database fsync).
     staging_on_db_fs: Option<bool>,
@@ -541,7 +541,7 @@ impl DbCapture {
     /// The transaction captured at the database's fsync committed.
     fn commit_early(&mut self, e: Early) {
         let staged = self.advance(e.built, e.path);
-        self.hints.insert(staged.txid, self.position());
+        self.hints.push_back(self.mark());
         self.deferred.push((staged, true));
         self.position_behind = true;
     }
@@ -689,7 +689,7 @@ impl DbCapture {
         if direct {
             self.handoff.staged(&staged);
         } else {
-            self.hints.insert(staged.txid, self.position());
+            self.hints.push_back(self.mark());
             self.deferred.push((staged, durable));
         }
         self.position_behind = true;
@@ -786,15 +786,19 @@ impl DbCapture {
     /// file at `upto`; None when there is nothing new to record.
     fn hint_after(&mut self, upto: Option<Txid>, left: usize) -> Option<Position> {
         let mut hint = None;
-        if let Some(t) = upto {
-            let newer = self.hints.split_off(&Txid(t.0 + 1));
-            hint = std::mem::replace(&mut self.hints, newer).remove(&t);
+        while let Some(m) = self
+            .hints
+            .front()
+            .filter(|m| upto.is_some_and(|t| m.txid <= t))
+        {
+            hint = (Some(m.txid) == upto).then_some(*m);
+            self.hints.pop_front();
         }
         if left == 0 && self.committing.is_none() {
             self.hints.clear();
             return std::mem::take(&mut self.position_behind).then(|| self.position());
         }
-        hint
+        hint.map(|m| m.position(self.page_size))
     }
 
     /// Takes the deferred files that are durable already, up to the first
@@ -862,6 +866,32 @@ impl DbCapture {
     /// calls and a dirty page less per transaction, which the next
     /// `syncfs` would otherwise write out.
     fn position(&self) -> Position {
+        self.mark().position(self.page_size)
+    }
+
+    /// Where capture stands now, to make a [`Position`] of later.
+    fn mark(&self) -> Mark {
+        Mark {
+            txid: self.txid,
+            post: self.last_post,
+            commit: self.commit,
+            wal: self.wal,
+        }
+    }
+}
+
+/// Where capture stood after one file: what its [`Position`] is made of,
+/// kept without allocating at every commit.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    txid: Txid,
+    post: Checksum,
+    commit: u32,
+    wal: Option<(WalHeader, WalCursor)>,
+}
+
+impl Mark {
+    fn position(&self, page_size: PageSize) -> Position {
         let (salt1, salt2, seq, offset, chk) = match &self.wal {
             Some((h, c)) => (h.salt1, h.salt2, h.checkpoint_seq, c.offset, c.checksum),
             None => (0, 0, 0, 0, (0, 0)),
@@ -869,8 +899,8 @@ impl DbCapture {
         Position {
             version: 1,
             txid: self.txid.0,
-            checksum: self.last_post.to_string(),
-            page_size: self.page_size.get(),
+            checksum: self.post.to_string(),
+            page_size: page_size.get(),
             commit: self.commit,
             wal_salt1: salt1,
             wal_salt2: salt2,

@@ -456,8 +456,14 @@ fn a_capture_at_the_database_fsync_commits_as_is_or_is_redone() {
     assert_eq!(restored(&e.staging, at.0 + 2, &out), state(&e.db));
 }
 
-#[test]
-fn a_capture_at_the_fsync_of_a_transaction_that_never_committed_is_dropped_at_recovery() {
+/// A transaction that `capture` captures (given the capture and the
+/// journal) dies with its application before the commit point; `meanwhile`
+/// runs before the daemon dies too. The next start rolls its hot journal
+/// back, drops the capture, and gives it no TXID.
+fn dropped_at_recovery(
+    capture: impl FnOnce(&mut DbCapture, &Path),
+    meanwhile: impl FnOnce(&Env, &mut DbCapture, Txid),
+) {
     let (e, c) = env("PERSIST");
     c.execute_batch("PRAGMA synchronous=OFF").unwrap();
     let mut cap = open(&e);
@@ -466,12 +472,10 @@ fn a_capture_at_the_fsync_of_a_transaction_that_never_committed_is_dropped_at_re
     let before = state(&e.db);
     let mut hot = Vec::new();
     at_invalidation(&e, &c, "DELETE FROM t WHERE id > 1", "COMMIT", || {
-        // Captured and synced with the database; then the application dies
-        // before the commit point, and the daemon too.
-        assert!(cap.database_syncing(&j, 1).unwrap());
+        capture(&mut cap, &j);
         hot = std::fs::read(&j).unwrap();
-        false
     });
+    meanwhile(&e, &mut cap, at);
     drop(cap);
     drop(c);
     std::fs::write(&j, &hot).unwrap();
@@ -483,7 +487,17 @@ fn a_capture_at_the_fsync_of_a_transaction_that_never_committed_is_dropped_at_re
         at,
         "no TXID for the transaction that never committed"
     );
+    assert_eq!(staged_after(&e, at), 0);
     assert!(e.staging.list_deferred().unwrap().is_empty());
+}
+
+#[test]
+fn a_capture_at_the_fsync_of_a_transaction_that_never_committed_is_dropped_at_recovery() {
+    // Captured and synced with the database.
+    dropped_at_recovery(
+        |cap, j| assert!(cap.database_syncing(j, 1).unwrap()),
+        |_, _, _| {},
+    );
 }
 
 #[test]
@@ -521,42 +535,23 @@ fn a_durable_journal_capture_makes_older_deferred_files_durable_first() {
 
 #[test]
 fn a_capture_at_the_commit_point_of_a_transaction_that_never_committed_is_dropped_at_recovery() {
-    let (e, c) = env("PERSIST");
-    c.execute_batch("PRAGMA synchronous=OFF").unwrap();
-    let mut cap = open(&e);
-    let j = journal_path(&e.db);
-    let at = cap.txid();
-    let before = state(&e.db);
-    let mut hot = Vec::new();
-    at_invalidation(&e, &c, "DELETE FROM t WHERE id > 1", "COMMIT", || {
-        // Captured at the commit point (no capture at the fsync), durable;
-        // then the daemon dies before the journal's unlink is done.
-        assert!(cap.journal_committing(&j, true, 0).unwrap());
-        hot = std::fs::read(&j).unwrap();
-    });
-    // The flusher runs meanwhile: it publishes neither the file nor a
-    // position hint that names it.
-    let hint = std::fs::read(e.staging.position_path()).ok();
-    if let Some(b) = cap.take_synced().unwrap() {
-        b.run().unwrap();
-    }
-    assert_eq!(staged_after(&e, at), 0);
-    cap.flush().unwrap();
-    assert_eq!(staged_after(&e, at), 0);
-    assert_eq!(std::fs::read(e.staging.position_path()).ok(), hint);
-    drop(cap);
-    drop(c);
-    std::fs::write(&j, &hot).unwrap();
-    assert_eq!(e.staging.list_deferred().unwrap().len(), 1);
-    let cap = open(&e);
-    assert_eq!(state(&e.db), before, "the hot journal was rolled back");
-    assert_eq!(
-        cap.txid(),
-        at,
-        "no TXID for the transaction that never committed"
+    // Captured at the commit point (no capture at the fsync), durable; the
+    // journal's invalidation is never done.
+    dropped_at_recovery(
+        |cap, j| assert!(cap.journal_committing(j, true, 0).unwrap()),
+        |e, cap, at| {
+            // The flusher runs meanwhile: it publishes neither the file nor
+            // a position hint that names it.
+            let hint = std::fs::read(e.staging.position_path()).ok();
+            if let Some(b) = cap.take_synced().unwrap() {
+                b.run().unwrap();
+            }
+            assert_eq!(staged_after(e, at), 0);
+            cap.flush().unwrap();
+            assert_eq!(staged_after(e, at), 0);
+            assert_eq!(std::fs::read(e.staging.position_path()).ok(), hint);
+        },
     );
-    assert_eq!(staged_after(&e, at), 0);
-    assert!(e.staging.list_deferred().unwrap().is_empty());
 }
 
 #[test]
