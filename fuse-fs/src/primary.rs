@@ -92,9 +92,11 @@ pub trait TxSink: Send + Sync + 'static {
 
     /// The invalidation of `db`'s rollback journal that
     /// [`TxSink::journal_committing`] captured (its `Ok`) was done: the
-    /// transaction committed. Until then the sink must not publish its file:
-    /// if the invalidation fails, or the daemon dies first, the journal
-    /// stays hot and the transaction is rolled back.
+    /// transaction committed. Until then the sink holds its file back: if
+    /// the daemon dies first, the journal stays hot and the transaction is
+    /// rolled back at the next start. (If the invalidation fails instead,
+    /// this is never called; the database's next commit point, SQLite's
+    /// rollback of that hot journal, releases the file along with its own.)
     fn journal_invalidated(&self, _db: &Path) {}
 
     /// `db`, not in WAL mode, is about to be fsynced while its rollback
