@@ -2,9 +2,14 @@
 //!
 //! Level k (1..=n) merges the files of level k-1 not yet covered, on its
 //! interval. Snapshots (level 9) are compactions of the newest snapshot (or
-//! the first full file) with every later L0 file: they never read the
-//! database, so they never hold a lock on it. Local files are removed once
-//! uploaded everywhere and covered by a newer snapshot.
+//! the oldest full file) with the files that follow it, the highest level
+//! first: they never read the database, so they never hold a lock on it.
+//!
+//! Local files are removed once uploaded everywhere and covered: a file of
+//! level k < n once level k+1 covers it, a file of level n once a snapshot
+//! does. The newest L0 file stays (recovery reads its position). So staging
+//! holds about one interval of each level, not everything since the last
+//! snapshot: a mount stages one L0 file per transaction.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -34,17 +39,23 @@ pub struct Maintainer {
 impl Maintainer {
     pub fn new(staging: &StagingDir, levels: Vec<Duration>, snapshot_interval: Duration) -> Self {
         let now = Instant::now();
+        // What a level covers, it covers through any higher level too: its
+        // own files may be gone, removed once a higher level covered them.
+        let mut covered: Vec<u64> = (0..=SNAPSHOT_LEVEL)
+            .map(|l| {
+                staging
+                    .list_level(l)
+                    .ok()
+                    .and_then(|f| f.last().map(|f| f.max.0))
+                    .unwrap_or(0)
+            })
+            .collect();
+        for l in (1..usize::from(SNAPSHOT_LEVEL)).rev() {
+            covered[l] = covered[l].max(covered[l + 1]);
+        }
         Maintainer {
             last_level_run: vec![now; levels.len()],
-            covered: (0..=SNAPSHOT_LEVEL)
-                .map(|l| {
-                    staging
-                        .list_level(l)
-                        .ok()
-                        .and_then(|f| f.last().map(|f| f.max.0))
-                        .unwrap_or(0)
-                })
-                .collect(),
+            covered,
             staging: staging.clone(),
             levels,
             snapshot_interval,
@@ -130,36 +141,64 @@ impl Maintainer {
         Ok(Some(path))
     }
 
-    pub fn compact_level(&self, level: u8) -> Result<Option<PathBuf>, StagingError> {
+    /// Merges the files of level `level - 1` that continue what `level`
+    /// covers into one file of `level`, and moves the level's mark past them.
+    pub fn compact_level(&mut self, level: u8) -> Result<Option<PathBuf>, StagingError> {
         let covered = self.covered(level);
-        let chain = Self::chain_after(self.staging.list_level(level - 1)?, covered);
         // A level's first file may start the history; otherwise it must
-        // continue what the level already covers.
-        if chain
-            .first()
-            .is_some_and(|f| covered > 0 && f.min.0 > covered + 1)
-        {
+        // continue what the level already covers (`chain_after` stops at a
+        // gap).
+        let chain = Self::chain_after(self.staging.list_level(level - 1)?, covered);
+        let Some(last) = chain.last().map(|f| f.max.0) else {
             return Ok(None);
-        }
-        self.merge(&chain, level, false)
+        };
+        let out = self.merge(&chain, level, false)?;
+        self.covered[usize::from(level)] = last;
+        Ok(out)
     }
 
-    /// A new snapshot: the newest snapshot (or the first snapshot file of
-    /// L0) merged with every later L0 file.
+    /// A new snapshot: the newest snapshot (or, before the first, the full
+    /// file reaching furthest: any file from TXID 1 holds every page) merged
+    /// with the files that follow it. At each step the highest level that
+    /// continues the chain is taken (its file may overlap the position: the
+    /// page versions it holds are those of its last TXID), then the levels
+    /// below it carry on from where it ends, down to L0.
     pub fn snapshot(&mut self) -> Result<Option<PathBuf>, StagingError> {
-        let l0 = self.staging.list_level(0)?;
+        let top = self.levels.len() as u8;
+        let levels = (0..=top)
+            .map(|l| self.staging.list_level(l))
+            .collect::<Result<Vec<_>, _>>()?;
         let base = self
             .staging
             .list_level(SNAPSHOT_LEVEL)?
             .into_iter()
             .rfind(|f| f.min.0 == 1)
-            .or_else(|| l0.iter().find(|f| f.min.0 == 1).cloned());
+            .or_else(|| {
+                let full = levels.iter().flatten().filter(|f| f.min.0 == 1);
+                full.max_by_key(|f| (f.max, std::cmp::Reverse(f.level)))
+                    .cloned()
+            });
         let Some(base) = base else {
             debug!("no snapshot base yet");
             return Ok(None);
         };
         let mut inputs = vec![base.clone()];
-        inputs.extend(Self::chain_after(l0, base.max.0));
+        let mut pos = base.max.0;
+        // Each pass that adds a file moves `pos` forward, so there are at
+        // most as many passes as files.
+        loop {
+            let before = pos;
+            for files in levels.iter().rev() {
+                let chain = Self::chain_after(files.clone(), pos);
+                if let Some(last) = chain.last() {
+                    pos = last.max.0;
+                    inputs.extend(chain);
+                }
+            }
+            if pos == before {
+                break;
+            }
+        }
         if inputs.len() == 1 && base.level == SNAPSHOT_LEVEL {
             return Ok(None);
         }
@@ -170,26 +209,28 @@ impl Maintainer {
         Ok(out)
     }
 
-    /// Removes local files at levels 0..=8 covered by the newest local
-    /// snapshot, by every higher level, and uploaded to every replica; keeps
-    /// the two newest snapshots.
+    /// Removes local files uploaded to every replica and covered: a file of
+    /// a level below the highest once the next level covers it, a file of
+    /// the highest level once the newest local snapshot does. Keeps the
+    /// newest L0 file and the two newest snapshots.
     pub fn clean_local(&self, replicas: &[Arc<UploadMarks>]) -> Result<usize, StagingError> {
         let uploaded = |level: u8, max: u64| replicas.iter().all(|m| m.get(level) >= max);
         let snaps = self.staging.list_level(SNAPSHOT_LEVEL)?;
-        let Some(newest) = snaps.last() else {
-            return Ok(0);
-        };
-        let floor = newest.max.0;
+        let floor = snaps.last().map_or(0, |s| s.max.0);
         let mut removed = 0;
         let top = self.levels.len() as u8;
         for level in 0..=top {
-            let next_cover = if level < top {
+            let cover = if level < top {
                 self.covered(level + 1)
             } else {
-                u64::MAX
+                floor
             };
-            for f in self.staging.list_level(level)? {
-                if f.max.0 <= floor && f.max.0 <= next_cover && uploaded(level, f.max.0) {
+            let mut files = self.staging.list_level(level)?;
+            if level == 0 {
+                files.pop();
+            }
+            for f in files {
+                if f.max.0 <= cover && uploaded(level, f.max.0) {
                     self.staging.remove(&f)?;
                     removed += 1;
                 }
@@ -215,4 +256,230 @@ fn read_header(f: &LocalFile) -> Result<Header, StagingError> {
         path: f.path.clone(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+    use std::path::Path;
+
+    use ltx_format::{Applier, Checksum, DbChecksum, Encoder, PageSize};
+
+    use super::*;
+
+    const PAGE: usize = 4096;
+
+    /// A database made of pages, and its staged L0 files: TXID 1 holds every
+    /// page; each later one rewrites two pages, and now and then grows or
+    /// shrinks the database.
+    struct History {
+        staging: StagingDir,
+        pages: Vec<Vec<u8>>,
+        states: Vec<Vec<u8>>,
+        last: Checksum,
+    }
+
+    impl History {
+        fn new(staging: &StagingDir) -> Self {
+            History {
+                staging: staging.clone(),
+                pages: (1..=8u8).map(|p| vec![p; PAGE]).collect(),
+                states: vec![Vec::new()],
+                last: Checksum::ZERO,
+            }
+        }
+
+        fn commit(&mut self) -> Txid {
+            let t = self.states.len() as u64;
+            let mut changed: Vec<u32> = if t == 1 {
+                (1..=self.pages.len() as u32).collect()
+            } else {
+                if t.is_multiple_of(7) {
+                    self.pages.push(Vec::new());
+                } else if t.is_multiple_of(11) && self.pages.len() > 4 {
+                    self.pages.pop();
+                }
+                let n = self.pages.len() as u64;
+                let mut c = vec![(t % n) as u32 + 1, ((t * 3) % n) as u32 + 1, n as u32];
+                c.sort_unstable();
+                c.dedup();
+                c
+            };
+            for &p in &changed {
+                self.pages[p as usize - 1] = vec![((t % 251) as u8).wrapping_add(p as u8); PAGE];
+            }
+            changed.retain(|&p| p as usize <= self.pages.len());
+            let mut sum = DbChecksum::new();
+            for (i, p) in self.pages.iter().enumerate() {
+                sum.toggle_page(i as u32 + 1, p);
+            }
+            let post = sum.value();
+            let txid = Txid(t);
+            let mut h = Header::new(
+                PageSize::new(PAGE as u32).unwrap(),
+                self.pages.len() as u32,
+                txid,
+                txid,
+            );
+            if t > 1 {
+                h.pre_apply_checksum = self.last;
+            }
+            let pages = &self.pages;
+            self.staging
+                .write_ltx(0, txid, txid, |w| {
+                    let mut enc = Encoder::new(w, h)?;
+                    for &p in &changed {
+                        enc.encode_page(p, &pages[p as usize - 1])?;
+                    }
+                    enc.finish(post)?;
+                    Ok(())
+                })
+                .unwrap();
+            self.last = post;
+            self.states.push(self.pages.concat());
+            txid
+        }
+
+        /// Applies `file` (a snapshot) to an empty database and checks it
+        /// equals the database after its last TXID.
+        fn check_snapshot(&self, file: &Path) {
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("db");
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&db)
+                .unwrap();
+            let mut a = Applier::new(f, None);
+            let applied = a.apply_path(file).unwrap();
+            a.finish().unwrap();
+            let mut bytes = Vec::new();
+            File::open(&db).unwrap().read_to_end(&mut bytes).unwrap();
+            let t = applied.header.max_txid.0 as usize;
+            assert_eq!(applied.header.min_txid, Txid(1), "{}", file.display());
+            assert!(bytes == self.states[t], "snapshot at TXID {t} differs");
+        }
+    }
+
+    fn uploaded_everywhere() -> Vec<Arc<UploadMarks>> {
+        let m = UploadMarks::default();
+        for l in 0..=SNAPSHOT_LEVEL {
+            m.set(l, u64::MAX);
+        }
+        vec![Arc::new(m)]
+    }
+
+    fn ranges(s: &StagingDir, level: u8) -> Vec<(u64, u64)> {
+        let files = s.list_level(level).unwrap();
+        files.iter().map(|f| (f.min.0, f.max.0)).collect()
+    }
+
+    #[test]
+    fn levels_merge_only_what_they_have_not_covered() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StagingDir::new(dir.path());
+        let mut h = History::new(&s);
+        let mut mt = Maintainer::new(&s, vec![Duration::from_secs(3600); 2], Duration::MAX);
+        for t in 1..=12u64 {
+            h.commit();
+            if t.is_multiple_of(4) {
+                mt.compact_level(1).unwrap().unwrap();
+            }
+        }
+        assert_eq!(ranges(&s, 1), [(1, 4), (5, 8), (9, 12)]);
+        assert_eq!(mt.compact_level(1).unwrap(), None, "nothing new");
+        mt.compact_level(2).unwrap().unwrap();
+        h.commit();
+        mt.compact_level(1).unwrap().unwrap();
+        mt.compact_level(2).unwrap().unwrap();
+        assert_eq!(ranges(&s, 2), [(1, 12), (13, 13)]);
+        // A restart takes each level's mark from its files, or from a higher
+        // level's once its own are gone.
+        for f in s.list_level(1).unwrap() {
+            s.remove(&f).unwrap();
+        }
+        h.commit();
+        let mut mt = Maintainer::new(&s, vec![Duration::from_secs(3600); 2], Duration::MAX);
+        mt.compact_level(1).unwrap().unwrap();
+        assert_eq!(ranges(&s, 1), [(14, 14)]);
+    }
+
+    #[test]
+    fn staging_keeps_about_one_interval_per_level_and_snapshots_stay_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StagingDir::new(dir.path());
+        let mut h = History::new(&s);
+        let mut mt = Maintainer::new(&s, vec![Duration::from_secs(3600); 2], Duration::MAX);
+        let marks = uploaded_everywhere();
+        for t in 1..=100u64 {
+            h.commit();
+            if t.is_multiple_of(5) {
+                mt.compact_level(1).unwrap();
+            }
+            if t % 20 == 3 {
+                mt.compact_level(2).unwrap();
+            }
+            if t == 47 || t == 90 {
+                let snap = mt.snapshot().unwrap().unwrap();
+                h.check_snapshot(&snap);
+            }
+            mt.clean_local(&marks).unwrap();
+            let l0 = s.list_level(0).unwrap();
+            assert!(l0.len() <= 5, "TXID {t}: {} L0 files", l0.len());
+            assert_eq!(
+                l0.last().map(|f| f.max.0),
+                Some(t),
+                "the newest L0 file stays"
+            );
+            // Each level stays one chain, without overlaps or gaps.
+            for level in 1..=2 {
+                let r = ranges(&s, level);
+                for w in r.windows(2) {
+                    assert_eq!(w[1].0, w[0].1 + 1, "level {level}: {r:?}");
+                }
+            }
+        }
+        assert!(ranges(&s, 1).len() <= 4, "{:?}", ranges(&s, 1));
+        assert_eq!(ranges(&s, SNAPSHOT_LEVEL), [(1, 47), (1, 90)]);
+        // Every later snapshot still reaches the newest TXID from what is
+        // left, through every level.
+        h.commit();
+        let snap = mt.snapshot().unwrap().unwrap();
+        assert_eq!(snap, s.ltx_path(SNAPSHOT_LEVEL, Txid(1), Txid(101)));
+        h.check_snapshot(&snap);
+        mt.clean_local(&marks).unwrap();
+        // L2 covers up to 80 and the snapshot up to 101: L2's files go, L1's
+        // stay until L2 covers them (its next merge continues from them).
+        assert!(ranges(&s, 2).is_empty(), "{:?}", ranges(&s, 2));
+        assert_eq!(ranges(&s, 1), [(81, 85), (86, 90), (91, 95), (96, 100)]);
+        assert_eq!(ranges(&s, 0), [(101, 101)]);
+    }
+
+    #[test]
+    fn nothing_is_removed_before_every_replica_has_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StagingDir::new(dir.path());
+        let mut h = History::new(&s);
+        let mut mt = Maintainer::new(&s, vec![Duration::from_secs(3600)], Duration::MAX);
+        for _ in 0..6 {
+            h.commit();
+        }
+        mt.compact_level(1).unwrap().unwrap();
+        let lagging = UploadMarks::default();
+        lagging.set(0, 3);
+        let marks = vec![uploaded_everywhere().remove(0), Arc::new(lagging)];
+        assert_eq!(mt.clean_local(&marks).unwrap(), 3);
+        assert_eq!(ranges(&s, 0), [(4, 4), (5, 5), (6, 6)]);
+        assert_eq!(
+            ranges(&s, 1),
+            [(1, 6)],
+            "the highest level waits for a snapshot"
+        );
+        // The first snapshot starts from the full file that reaches furthest.
+        h.commit();
+        let snap = mt.snapshot().unwrap().unwrap();
+        h.check_snapshot(&snap);
+    }
 }

@@ -36,7 +36,7 @@ impl UploadMarks {
         self.0[usize::from(level).min(9)].load(Ordering::Relaxed)
     }
 
-    fn set(&self, level: u8, max: u64) {
+    pub(crate) fn set(&self, level: u8, max: u64) {
         self.0[usize::from(level).min(9)].fetch_max(max, Ordering::Relaxed);
     }
 }

@@ -851,6 +851,8 @@ struct BulkResult {
     replica_txid: u64,
     exit: Option<i32>,
     replica: Objects,
+    /// The staged LTX files left after the stop (`<staging>/ltx`).
+    staged: Objects,
 }
 
 fn bulk_phase(o: &Opts, bin: &Path, work: &Path) -> Result<BulkResult> {
@@ -884,6 +886,7 @@ fn bulk_phase(o: &Opts, bin: &Path, work: &Path) -> Result<BulkResult> {
         replica_txid: max_txid(&shipped),
         exit,
         replica: objects(&replica)?,
+        staged: objects(&staging.join("ltx"))?,
     })
 }
 
@@ -1015,14 +1018,16 @@ fn print_bulk(b: &BulkResult) {
         b.l.longest.as_secs_f64() * 1e3,
         b.l.first.as_secs_f64() * 1e3
     );
-    let levels: Vec<String> = b
-        .replica
-        .per_level
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n > 0)
-        .map(|(l, n)| format!("L{l} {n}"))
-        .collect();
+    let per_level = |o: &Objects| {
+        let l: Vec<String> = o
+            .per_level
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(l, n)| format!("L{l} {n}"))
+            .collect();
+        l.join(", ")
+    };
     let caught = match &b.catch_up {
         Ok(d) => format!(
             "replica caught up {:.1} s after the last commit",
@@ -1037,7 +1042,13 @@ fn print_bulk(b: &BulkResult) {
         b.exit,
         b.replica.files,
         b.replica.bytes as f64 / MIB,
-        levels.join(", ")
+        per_level(&b.replica)
+    );
+    println!(
+        "  staging after the stop: {} LTX files, {:.1} MiB ({})",
+        b.staged.files,
+        b.staged.bytes as f64 / MIB,
+        per_level(&b.staged)
     );
 }
 
