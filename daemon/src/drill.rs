@@ -594,13 +594,18 @@ fn read_primary(
     let mut staged = staging.newest().map_err(err)?.map_or(Txid(0), |f| f.max);
     let mut at_restored = None;
     let mut oldest = None;
+    // A file read as it is removed (an L0 file may be recycled as a spare
+    // inode and rewritten) is ignored unless it still holds its TXIDs.
+    let ends = |f: &crate::staging::LocalFile| {
+        read_ends(&f.path).filter(|(h, _)| (h.min_txid, h.max_txid) == (f.min, f.max))
+    };
     for level in 0..=s3_backend::layout::SNAPSHOT_LEVEL {
         for f in staging.list_level(level).map_err(err)? {
             if f.max == target && at_restored.is_none() {
-                at_restored = read_ends(&f.path).map(|(_, t)| t.post_apply_checksum);
+                at_restored = ends(&f).map(|(_, t)| t.post_apply_checksum);
             }
             if level == 0 && f.max > replica_newest && oldest.is_none() {
-                oldest = read_ends(&f.path).map(|(h, _)| h.timestamp_ms);
+                oldest = ends(&f).map(|(h, _)| h.timestamp_ms);
             }
         }
     }

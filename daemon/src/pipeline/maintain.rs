@@ -28,12 +28,18 @@ use crate::staging::{LocalFile, StagingDir, StagingError};
 pub struct Maintainer {
     staging: StagingDir,
     levels: Vec<Duration>,
+    /// The highest level that holds files or is configured: a restart with
+    /// fewer levels still chains snapshots through, and cleans up, the
+    /// levels it no longer compacts into.
+    top: u8,
     snapshot_interval: Duration,
     last_level_run: Vec<Instant>,
     last_snapshot: Instant,
     /// Highest TXID each level (index) has covered: kept in memory because
     /// local clean-up removes the files it was read from.
     covered: Vec<u64>,
+    /// The bounds of the last local clean-up, per level (see `clean_local`).
+    cleaned: Vec<u64>,
 }
 
 impl Maintainer {
@@ -50,14 +56,20 @@ impl Maintainer {
                     .unwrap_or(0)
             })
             .collect();
+        let on_disk = (1..SNAPSHOT_LEVEL)
+            .rev()
+            .find(|&l| covered[usize::from(l)] > 0);
+        let top = on_disk.unwrap_or(0).max(levels.len() as u8);
         for l in (1..usize::from(SNAPSHOT_LEVEL)).rev() {
             covered[l] = covered[l].max(covered[l + 1]);
         }
         Maintainer {
             last_level_run: vec![now; levels.len()],
             covered,
+            cleaned: Vec::new(),
             staging: staging.clone(),
             levels,
+            top,
             snapshot_interval,
             last_snapshot: now,
         }
@@ -164,8 +176,7 @@ impl Maintainer {
     /// page versions it holds are those of its last TXID), then the levels
     /// below it carry on from where it ends, down to L0.
     pub fn snapshot(&mut self) -> Result<Option<PathBuf>, StagingError> {
-        let top = self.levels.len() as u8;
-        let levels = (0..=top)
+        let levels = (0..=self.top)
             .map(|l| self.staging.list_level(l))
             .collect::<Result<Vec<_>, _>>()?;
         let base = self
@@ -212,32 +223,47 @@ impl Maintainer {
     /// Removes local files uploaded to every replica and covered: a file of
     /// a level below the highest once the next level covers it, a file of
     /// the highest level once the newest local snapshot does. Keeps the
-    /// newest L0 file and the two newest snapshots.
-    pub fn clean_local(&self, replicas: &[Arc<UploadMarks>]) -> Result<usize, StagingError> {
-        let uploaded = |level: u8, max: u64| replicas.iter().all(|m| m.get(level) >= max);
+    /// newest L0 file and the two newest snapshots. Lists a level again
+    /// only once what may go from it has changed (a busy mount's L0
+    /// directory holds a compaction interval of files): the L0 file kept as
+    /// the newest goes at the next compaction, not when a newer one comes.
+    ///
+    /// A level above the configured ones (left by a run with more levels)
+    /// is cleaned like the highest: once a snapshot covers it.
+    pub fn clean_local(&mut self, replicas: &[Arc<UploadMarks>]) -> Result<usize, StagingError> {
+        let shipped = |level: u8| replicas.iter().map(|m| m.get(level)).min();
         let snaps = self.staging.list_level(SNAPSHOT_LEVEL)?;
         let floor = snaps.last().map_or(0, |s| s.max.0);
+        let (top, compacted) = (self.top, self.levels.len() as u8);
+        // Each level's files up to this TXID may go.
+        let bounds: Vec<u64> = (0..=top)
+            .map(|level| {
+                let cover = if level < compacted {
+                    self.covered(level + 1)
+                } else {
+                    floor
+                };
+                cover.min(shipped(level).unwrap_or(u64::MAX))
+            })
+            .collect();
         let mut removed = 0;
-        let top = self.levels.len() as u8;
-        for level in 0..=top {
-            let cover = if level < top {
-                self.covered(level + 1)
-            } else {
-                floor
-            };
+        for (level, &bound) in (0..=top).zip(&bounds) {
+            if self.cleaned.get(usize::from(level)) == Some(&bound) {
+                continue;
+            }
             let mut files = self.staging.list_level(level)?;
             if level == 0 {
                 files.pop();
             }
-            for f in files {
-                if f.max.0 <= cover && uploaded(level, f.max.0) {
-                    self.staging.remove(&f)?;
-                    removed += 1;
-                }
+            for f in files.iter().filter(|f| f.max.0 <= bound) {
+                self.staging.remove(f)?;
+                removed += 1;
             }
         }
+        self.cleaned = bounds;
+        let uploaded = |max: u64| shipped(SNAPSHOT_LEVEL).is_none_or(|m| m >= max);
         for f in snaps.iter().rev().skip(2) {
-            if uploaded(SNAPSHOT_LEVEL, f.max.0) {
+            if uploaded(f.max.0) {
                 self.staging.remove(f)?;
                 removed += 1;
             }
@@ -454,7 +480,9 @@ mod tests {
         // stay until L2 covers them (its next merge continues from them).
         assert!(ranges(&s, 2).is_empty(), "{:?}", ranges(&s, 2));
         assert_eq!(ranges(&s, 1), [(81, 85), (86, 90), (91, 95), (96, 100)]);
-        assert_eq!(ranges(&s, 0), [(101, 101)]);
+        // The L0 file kept as the newest at TXID 100 goes at the next
+        // compaction.
+        assert_eq!(ranges(&s, 0), [(100, 100), (101, 101)]);
     }
 
     #[test]
@@ -467,9 +495,10 @@ mod tests {
             h.commit();
         }
         mt.compact_level(1).unwrap().unwrap();
-        let lagging = UploadMarks::default();
+        let lagging = Arc::new(UploadMarks::default());
         lagging.set(0, 3);
-        let marks = vec![uploaded_everywhere().remove(0), Arc::new(lagging)];
+        lagging.set(1, u64::MAX);
+        let marks = vec![uploaded_everywhere().remove(0), lagging.clone()];
         assert_eq!(mt.clean_local(&marks).unwrap(), 3);
         assert_eq!(ranges(&s, 0), [(4, 4), (5, 5), (6, 6)]);
         assert_eq!(
@@ -477,9 +506,44 @@ mod tests {
             [(1, 6)],
             "the highest level waits for a snapshot"
         );
+        assert_eq!(mt.clean_local(&marks).unwrap(), 0, "nothing changed");
+        lagging.set(0, 6);
+        assert_eq!(mt.clean_local(&marks).unwrap(), 2, "it caught up");
+        assert_eq!(ranges(&s, 0), [(6, 6)], "the newest L0 file stays");
         // The first snapshot starts from the full file that reaches furthest.
         h.commit();
         let snap = mt.snapshot().unwrap().unwrap();
         h.check_snapshot(&snap);
+    }
+
+    #[test]
+    fn a_restart_with_fewer_levels_still_snapshots_and_cleans_through_the_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StagingDir::new(dir.path());
+        let mut h = History::new(&s);
+        let marks = uploaded_everywhere();
+        let mut mt = Maintainer::new(&s, vec![Duration::from_secs(3600); 2], Duration::MAX);
+        for _ in 0..10 {
+            h.commit();
+        }
+        mt.compact_level(1).unwrap().unwrap();
+        mt.compact_level(2).unwrap().unwrap();
+        mt.clean_local(&marks).unwrap();
+        assert!(ranges(&s, 1).is_empty(), "{:?}", ranges(&s, 1));
+        assert_eq!(ranges(&s, 2), [(1, 10)]);
+        for _ in 0..3 {
+            h.commit();
+        }
+        // Restarted with one level: L2 holds the only copy of TXIDs 1-9.
+        let mut mt = Maintainer::new(&s, vec![Duration::from_secs(3600)], Duration::MAX);
+        mt.compact_level(1).unwrap().unwrap();
+        assert_eq!(ranges(&s, 1), [(11, 13)]);
+        let snap = mt.snapshot().unwrap().unwrap();
+        assert_eq!(snap, s.ltx_path(SNAPSHOT_LEVEL, Txid(1), Txid(13)));
+        h.check_snapshot(&snap);
+        mt.clean_local(&marks).unwrap();
+        assert!(ranges(&s, 2).is_empty(), "{:?}", ranges(&s, 2));
+        assert!(ranges(&s, 1).is_empty(), "{:?}", ranges(&s, 1));
+        assert_eq!(ranges(&s, 0), [(13, 13)]);
     }
 }

@@ -394,8 +394,11 @@ fn spawn_maintainer(
                             }
                         }
                     }
-                    mt.clean_local(&marks).map(|_| ())
+                    Ok(())
                 });
+                // Clean-up runs even when a compaction failed: on a full
+                // disk it is what frees space.
+                let r = r.and(mt.clean_local(&marks).map(|_| ()));
                 match r {
                     Err(e) if e.is_fatal() => handoff.fail(format!("maintenance: {e}")),
                     Err(e) => warn!("maintenance: {e}"),
