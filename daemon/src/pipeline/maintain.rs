@@ -12,7 +12,7 @@
 //! snapshot: a mount stages one L0 file per transaction.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,19 +135,27 @@ impl Maintainer {
             no_checksum |= read_header(f)?.no_checksum();
         }
         let started = Instant::now();
+        let scratch = Scratch::new(self.staging.root().join("compact"));
         let path = self.staging.write_ltx(level, min, max, |w| {
-            let readers = inputs
-                .iter()
-                .map(|f| Ok(BufReader::new(File::open(&f.path)?)))
-                .collect::<std::io::Result<Vec<_>>>()?;
+            let mut paths: Vec<PathBuf> = inputs.iter().map(|f| f.path.clone()).collect();
             let opts = CompactOptions {
                 no_checksum,
                 allow_non_contiguous: false,
-                snapshot,
+                snapshot: false,
             };
-            compact(readers, &mut *w, opts)?;
+            let mut round = 0;
+            while paths.len() > FAN_IN {
+                paths = scratch.round(round, &paths, opts)?;
+                round += 1;
+            }
+            compact(
+                open_all(&paths)?,
+                &mut *w,
+                CompactOptions { snapshot, ..opts },
+            )?;
             Ok(())
         })?;
+        drop(scratch);
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         info!(level, file = %name, inputs = inputs.len(), elapsed_ms = started.elapsed().as_millis() as u64, "compacted");
         Ok(Some(path))
@@ -270,6 +278,62 @@ impl Maintainer {
         }
         Ok(removed)
     }
+}
+
+/// Files a merge reads at once. An L1 merge of a busy mount covers one L0
+/// file per transaction of its interval (tens of thousands), far beyond the
+/// usual limit of 1,024 open files: a larger merge goes in rounds through
+/// scratch files, each merging groups of this many. Pages only get newer
+/// along a chain, so merging a merge gives the same file.
+const FAN_IN: usize = 256;
+
+/// The scratch files of a merge in rounds (`<staging>/compact`), removed
+/// when it ends; a crash's leftovers are removed by the next merge.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new(dir: PathBuf) -> Self {
+        let _ = std::fs::remove_dir_all(&dir);
+        Scratch { dir }
+    }
+
+    /// Merges `paths` in groups of [`FAN_IN`] into scratch files, which it
+    /// returns in order; removes the scratch files among `paths`.
+    fn round(
+        &self,
+        round: usize,
+        paths: &[PathBuf],
+        opts: CompactOptions,
+    ) -> ltx_format::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(&self.dir)?;
+        let mut out = Vec::with_capacity(paths.len().div_ceil(FAN_IN));
+        for (i, group) in paths.chunks(FAN_IN).enumerate() {
+            let path = self.dir.join(format!("{round}-{i}.ltx"));
+            let w = BufWriter::new(File::create(&path)?);
+            let (mut w, _, _) = compact(open_all(group)?, w, opts)?;
+            w.flush()?;
+            out.push(path);
+        }
+        for p in paths.iter().filter(|p| p.starts_with(&self.dir)) {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn open_all(paths: &[PathBuf]) -> std::io::Result<Vec<BufReader<File>>> {
+    paths
+        .iter()
+        .map(|p| Ok(BufReader::new(File::open(p)?)))
+        .collect()
 }
 
 /// The header of a staged file.
@@ -545,5 +609,21 @@ mod tests {
         assert!(ranges(&s, 2).is_empty(), "{:?}", ranges(&s, 2));
         assert!(ranges(&s, 1).is_empty(), "{:?}", ranges(&s, 1));
         assert_eq!(ranges(&s, 0), [(13, 13)]);
+    }
+
+    #[test]
+    fn a_merge_of_more_files_than_it_opens_at_once_goes_in_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StagingDir::new(dir.path());
+        let mut h = History::new(&s);
+        let mut mt = Maintainer::new(&s, vec![Duration::from_secs(3600)], Duration::MAX);
+        let n = 2 * FAN_IN as u64 + 50;
+        for _ in 0..n {
+            h.commit();
+        }
+        let l1 = mt.compact_level(1).unwrap().unwrap();
+        assert_eq!(l1, s.ltx_path(1, Txid(1), Txid(n)));
+        h.check_snapshot(&l1);
+        assert!(!dir.path().join("compact").exists(), "scratch files left");
     }
 }
