@@ -366,8 +366,22 @@ fn print_line(args: std::fmt::Arguments<'_>) {
     let _ = o.write_fmt(args).and_then(|()| o.write_all(b"\n"));
 }
 
+/// Raises the soft limit on open files to the hard one, as Go programs
+/// (Litestream among them) do at start. The soft limit is often 1,024 (a
+/// login shell, a systemd service), and a mount holds a backing descriptor
+/// per open of a file through it: three per SQLite connection.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    raise_open_file_limit();
     let result = match cli.command {
         Command::Ltx(cmd) => match cmd {
             LtxCommand::Verify { files } => cmd_ltx::verify(&files),

@@ -125,12 +125,36 @@ impl Daemon {
 
     /// Runs `sluice ARGS...`, logging to `log` (appended).
     pub fn spawn(args: &[&std::ffi::OsStr], log: &Path, env: &[(&str, &str)]) -> Daemon {
+        Self::spawn_in(Command::new(sluice_bin()), args, log, env)
+    }
+
+    /// The same with at most `nofile` open files (soft and hard limit, set
+    /// by util-linux's `prlimit`, which then executes sluice in place).
+    pub fn spawn_limited(
+        args: &[&std::ffi::OsStr],
+        log: &Path,
+        env: &[(&str, &str)],
+        nofile: u32,
+    ) -> Daemon {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(sluice_bin());
+        Self::spawn_in(cmd, args, log, env)
+    }
+
+    fn spawn_in(
+        mut cmd: Command,
+        args: &[&std::ffi::OsStr],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("log file");
-        let child = Command::new(sluice_bin())
+        let child = cmd
             .args(args)
             .env_remove("AWS_CA_BUNDLE")
             .env("NO_COLOR", "1")

@@ -19,6 +19,8 @@ pub struct MountEnv {
     pub replica: PathBuf,
     pub log: PathBuf,
     pub daemon: Option<Daemon>,
+    /// The daemon's open-file limit, if it is to have one.
+    pub nofile: Option<u32>,
 }
 
 impl Default for MountEnv {
@@ -41,6 +43,7 @@ impl MountEnv {
             mnt,
             dir,
             daemon: None,
+            nofile: None,
         }
     }
 
@@ -63,7 +66,10 @@ impl MountEnv {
             self.mnt.as_os_str(),
             url.as_ref(),
         ];
-        self.daemon = Some(Daemon::spawn(&args, &self.log, env));
+        self.daemon = Some(match self.nofile {
+            Some(n) => Daemon::spawn_limited(&args, &self.log, env, n),
+            None => Daemon::spawn(&args, &self.log, env),
+        });
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.log_text().matches("mounted").count() <= before {
             let exited = self

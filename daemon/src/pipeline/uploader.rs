@@ -363,23 +363,21 @@ struct BundleFile {
 }
 
 /// Writes the first of `files` as a bundle in `tmp`, up to the byte limit.
+/// Opens one file at a time: a bundle may hold thousands, beyond the usual
+/// limit of 1,024 open files, and the capture needs descriptors too.
 fn write_bundle_file(tmp: &Path, files: &[LocalFile]) -> Result<BundleFile, StagingError> {
     std::fs::create_dir_all(tmp).map_err(|e| StagingError::io("create", tmp, e))?;
     let mut readers = Vec::with_capacity(files.len());
     let (mut bytes, mut created) = (0u64, None);
     for f in files {
-        let file =
-            std::fs::File::open(&f.path).map_err(|e| StagingError::io("open", &f.path, e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| StagingError::io("stat", &f.path, e))?;
+        let meta = std::fs::metadata(&f.path).map_err(|e| StagingError::io("stat", &f.path, e))?;
         bytes += meta.len();
         // Two files at least: a bundle of one would look like a plain file.
         if readers.len() >= 2 && bytes > BUNDLE_MAX_BYTES {
             break;
         }
         created = meta.modified().ok();
-        readers.push((f.min, f.max, BufReader::new(file)));
+        readers.push((f.min, f.max, OpenOnRead::new(&f.path)));
     }
     let n = readers.len();
     let (first, last) = (&files[0], &files[n - 1]);
@@ -402,6 +400,33 @@ fn write_bundle_file(tmp: &Path, files: &[LocalFile]) -> Result<BundleFile, Stag
         size,
         created,
     })
+}
+
+/// A file opened at its first read (and closed when dropped).
+struct OpenOnRead<'a> {
+    path: &'a Path,
+    file: Option<BufReader<std::fs::File>>,
+}
+
+impl<'a> OpenOnRead<'a> {
+    fn new(path: &'a Path) -> Self {
+        OpenOnRead { path, file: None }
+    }
+}
+
+impl std::io::Read for OpenOnRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => {
+                let f = std::fs::File::open(self.path).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("open {}: {e}", self.path.display()))
+                })?;
+                self.file.insert(BufReader::new(f))
+            }
+        };
+        file.read(buf)
+    }
 }
 
 /// A NoChecksum re-encoding of a staged file, in the staging tmp dir (the

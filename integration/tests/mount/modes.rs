@@ -142,10 +142,14 @@ fn concurrent_writers_each_transaction_one_txid() {
 
 /// A bulk load of many small transactions becomes a few objects (bundles,
 /// one per upload interval under load), and a restore at a TXID inside a
-/// bundle holds exactly the rows committed up to that transaction.
+/// bundle holds exactly the rows committed up to that transaction. The
+/// daemon may open only 128 files: a bundle holds more (it used to open
+/// them all at once, fail with EMFILE on every retry, and starve the
+/// capture of descriptors).
 #[test]
 fn a_bulk_load_is_few_objects_and_every_transaction_restores() {
     let mut env = MountEnv::new();
+    env.nofile = Some(128);
     env.start();
     let name = "bulk.db";
     let c = open(&env.db(name), "WAL");
@@ -159,6 +163,11 @@ fn a_bulk_load_is_few_objects_and_every_transaction_restores() {
     }
     drop(c);
     assert_eq!(env.stop(), Some(0), "{}", env.log_text());
+    assert!(
+        !env.log_text().contains("Too many open files"),
+        "{}",
+        env.log_text()
+    );
     let staged = env.txid(name);
     assert_eq!(staged, first + n, "one TXID per transaction");
     let objects = integration::ltx_files(&env.dir().join("replica").join(name).join("ltx/0"));
