@@ -30,6 +30,14 @@ pub enum RestoreError {
         expected: Checksum,
         actual: Checksum,
     },
+    /// Every file verified, but the restored database's own header gives
+    /// another size than the last file.
+    #[error("database size mismatch: the restored database's header says {header} pages, but the last file ({key}) gives {commit}")]
+    SizeMismatch {
+        key: String,
+        header: u32,
+        commit: u32,
+    },
     #[error("{} exists; refusing to overwrite it (pass --force to replace it)", .0.display())]
     OutputExists(PathBuf),
     #[error("integrity check ({mode}) of the restored database failed: {detail}")]

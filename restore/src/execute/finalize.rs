@@ -9,7 +9,7 @@
 //! restore future never renames.
 
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -220,6 +220,7 @@ pub(super) async fn verify_result(
     chunks: &[Chunk],
     outs: &[ChunkOut],
     chain: &Chain,
+    out: &File,
 ) -> Result<Checksum, RestoreError> {
     let mut db_sum = 0u64;
     for (i, m) in job.metas.iter().enumerate() {
@@ -243,20 +244,57 @@ pub(super) async fn verify_result(
     }
     db_sum ^= job.owners.zero_pages_sum(&job.shifts);
     let checksum = Checksum(CHECKSUM_FLAG | db_sum);
-    if chain.tracked_end && checksum != chain.last_post {
+    let key = || files.last().map(|f| f.key.clone()).unwrap_or_default();
+    let mismatch = if chain.tracked_end && checksum != chain.last_post {
+        Some(RestoreError::ChecksumMismatch {
+            key: key(),
+            expected: chain.last_post,
+            actual: checksum,
+        })
+    } else {
+        // The database checksum cannot see zero pages added or dropped in
+        // runs whose page numbers XOR to zero (an even count): a damaged
+        // commit field in a file whose bytes were not all read can grow the
+        // result by such a run unseen. SQLite's own header says the size.
+        let header =
+            header_pages(out).map_err(|e| RestoreError::Io("reading the result".into(), e))?;
+        header
+            .filter(|&h| h != chain.commit)
+            .map(|header| RestoreError::SizeMismatch {
+                key: key(),
+                header,
+                commit: chain.commit,
+            })
+    };
+    if let Some(mismatch) = mismatch {
         // Find the file to blame: verify each one completely.
         for f in files {
             if let Some(e) = diagnose(store, f).await {
                 return Err(corrupt(f, e));
             }
         }
-        return Err(RestoreError::ChecksumMismatch {
-            key: files.last().map(|f| f.key.clone()).unwrap_or_default(),
-            expected: chain.last_post,
-            actual: checksum,
-        });
+        return Err(mismatch);
     }
     Ok(checksum)
+}
+
+/// The database size in pages from the SQLite header of the file (offset
+/// 28), when the header says it is valid: non-zero, and the change counter
+/// (offset 24) equal to the version-valid-for number (offset 92), which
+/// every SQLite since 3.7.0 keeps so. `None` for anything else (an older
+/// writer, a file that is not a SQLite database).
+fn header_pages(out: &File) -> std::io::Result<Option<u32>> {
+    let mut h = [0u8; 100];
+    match out.read_exact_at(&mut h, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let be = |at: usize| u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    if !h.starts_with(b"SQLite format 3\0") || be(24) != be(92) || be(28) == 0 {
+        return Ok(None);
+    }
+    Ok(Some(be(28)))
 }
 
 fn exists(p: &Path) -> Result<bool, RestoreError> {

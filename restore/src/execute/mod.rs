@@ -254,7 +254,9 @@ pub async fn restore(
     let written = async {
         let job = Arc::new(fetch::Job::new(metas, owners, full, &tmp)?);
         let outs = fetch::fetch_chunks(&shared, files, &job, bodies, &chunks, &tmp).await?;
-        let checksum = finalize::verify_result(&store, files, &job, &chunks, &outs, &chain).await?;
+        let checksum =
+            finalize::verify_result(&store, files, &job, &chunks, &outs, &chain, tmp.file())
+                .await?;
         Ok::<_, RestoreError>((job, checksum))
     }
     .await;
