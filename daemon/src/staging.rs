@@ -474,6 +474,10 @@ impl StagingDir {
         // the disk and the CPU that the application's commits share.
         let taken = pool.taken.swap(0, Ordering::Relaxed);
         let want = pool.want(taken);
+        if taken == 0 && pool.len() > want {
+            pool.trim(want);
+            return Ok(0);
+        }
         let budget = SPARES_PER_REFILL + 2 * taken;
         let mut made = 0;
         while pool.len() < want && made < budget {
@@ -597,6 +601,20 @@ impl SparePool {
         self.list().pop()
     }
 
+    /// Removes up to [`SPARES_PER_REFILL`] files of a pool larger than
+    /// `want` (best effort: a file left is only an inode not reused).
+    fn trim(&self, want: usize) {
+        let extra: Vec<Spare> = {
+            let mut list = self.list();
+            let n = list.len().saturating_sub(want).min(SPARES_PER_REFILL);
+            let at = list.len() - n;
+            list.split_off(at)
+        };
+        for s in extra {
+            let _ = std::fs::remove_file(&s.path);
+        }
+    }
+
     fn put(&self, spare: Spare) {
         self.list().push(spare);
     }
@@ -615,12 +633,17 @@ impl SparePool {
         (SPARES_MIN + 4 * self.demand.load(Ordering::Relaxed)).min(SPARES_READY)
     }
 
-    /// Moves the file at `path` into the pool unless the pool holds what
-    /// demand wants already; false if it was not kept. It is emptied here,
+    /// Moves the file at `path` into the pool unless the pool holds
+    /// [`SPARES_KEPT`] files already; false if it was not kept. The local
+    /// clean-up removes an L0 interval of files at once (tens of thousands
+    /// on a busy mount): kept, they are the next interval's deferred files,
+    /// where deleting them would leave the flusher to make as many inodes
+    /// again (slower on ext4 right after mass deletions). Idle, the pool
+    /// shrinks back to what demand wants (see [`StagingDir::refill_spares`]). It is emptied here,
     /// off the commit path: a spare then holds no blocks, and its reuse
     /// need not truncate it.
     fn keep(&self, path: &Path) -> bool {
-        if self.len() >= self.wanted() {
+        if self.len() >= SPARES_KEPT {
             return false;
         }
         let to = self.dir.join(self.next_name().to_string());
@@ -657,8 +680,14 @@ const SPARES_READY: usize = 512;
 /// empty file costs an inode and no block.
 const SPARES_MIN: usize = 64;
 
-/// Files a refill makes at least (plus twice those taken since the last).
+/// Files a refill makes at least (plus twice those taken since the last);
+/// also the most an idle refill removes from a pool larger than demand
+/// wants.
 const SPARES_PER_REFILL: usize = 96;
+
+/// The most files a pool keeps from the local clean-up: about 30 s (the
+/// default L1 interval) of commits at 2,000 a second.
+const SPARES_KEPT: usize = 1 << 16;
 
 /// How a file is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -885,17 +914,28 @@ mod tests {
                 std::io::Write::write_all(w, &vec![7u8; 100 << 10]).map_err(ltx_format::Error::from)
             })
             .unwrap();
+        let grown = spares().len();
         for _ in 0..64 {
             s.refill_spares().unwrap();
         }
+        // Idle, the pool shrank back to what the decayed demand wants (the
+        // mark stops decaying at 7: an eighth of it rounds to 0).
         let before = spares().len();
-        s.remove(&f(&big, 200)).unwrap();
-        assert_eq!(
-            spares().len(),
-            before,
-            "the pool holds more than demand wants: deleted"
+        assert!(
+            before < grown && before <= SPARES_MIN + 4 * 7,
+            "{grown} spares, {before} left"
         );
+        let big_ino = std::fs::metadata(&big).unwrap().ino();
+        s.remove(&f(&big, 200)).unwrap();
         assert!(!big.exists());
+        assert_eq!(spares().len(), before + 1, "the clean-up's files are kept");
+        assert!(spares().contains(&big_ino));
+        let kept = std::fs::read_dir(dir.path().join("spare"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap())
+            .find(|m| m.ino() == big_ino)
+            .unwrap();
+        assert_eq!(kept.len(), 0, "emptied when kept");
         // Another process (a restart) finds the pool's files, and those a
         // stop left where they are made, and goes on numbering after them.
         let other = tempfile::tempdir().unwrap();
