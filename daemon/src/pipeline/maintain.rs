@@ -466,12 +466,19 @@ mod tests {
         files.iter().map(|f| (f.min.0, f.max.0)).collect()
     }
 
-    #[test]
-    fn levels_merge_only_what_they_have_not_covered() {
+    /// A staging directory with an empty history and a maintainer of
+    /// `levels` levels (intervals that never come: the tests call it).
+    fn fresh(levels: usize) -> (tempfile::TempDir, StagingDir, History, Maintainer) {
         let dir = tempfile::tempdir().unwrap();
         let s = StagingDir::new(dir.path());
-        let mut h = History::new(&s);
-        let mut mt = Maintainer::new(&s, vec![Duration::from_secs(3600); 2], Duration::MAX);
+        let h = History::new(&s);
+        let mt = Maintainer::new(&s, vec![Duration::from_secs(3600); levels], Duration::MAX);
+        (dir, s, h, mt)
+    }
+
+    #[test]
+    fn levels_merge_only_what_they_have_not_covered() {
+        let (_dir, s, mut h, mut mt) = fresh(2);
         for t in 1..=12u64 {
             h.commit();
             if t.is_multiple_of(4) {
@@ -498,10 +505,7 @@ mod tests {
 
     #[test]
     fn staging_keeps_about_one_interval_per_level_and_snapshots_stay_exact() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = StagingDir::new(dir.path());
-        let mut h = History::new(&s);
-        let mut mt = Maintainer::new(&s, vec![Duration::from_secs(3600); 2], Duration::MAX);
+        let (_dir, s, mut h, mut mt) = fresh(2);
         let marks = uploaded_everywhere();
         for t in 1..=100u64 {
             h.commit();
@@ -551,10 +555,7 @@ mod tests {
 
     #[test]
     fn nothing_is_removed_before_every_replica_has_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = StagingDir::new(dir.path());
-        let mut h = History::new(&s);
-        let mut mt = Maintainer::new(&s, vec![Duration::from_secs(3600)], Duration::MAX);
+        let (_dir, s, mut h, mut mt) = fresh(1);
         for _ in 0..6 {
             h.commit();
         }
@@ -582,11 +583,8 @@ mod tests {
 
     #[test]
     fn a_restart_with_fewer_levels_still_snapshots_and_cleans_through_the_old_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = StagingDir::new(dir.path());
-        let mut h = History::new(&s);
+        let (_dir, s, mut h, mut mt) = fresh(2);
         let marks = uploaded_everywhere();
-        let mut mt = Maintainer::new(&s, vec![Duration::from_secs(3600); 2], Duration::MAX);
         for _ in 0..10 {
             h.commit();
         }
@@ -613,10 +611,7 @@ mod tests {
 
     #[test]
     fn a_merge_of_more_files_than_it_opens_at_once_goes_in_rounds() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = StagingDir::new(dir.path());
-        let mut h = History::new(&s);
-        let mut mt = Maintainer::new(&s, vec![Duration::from_secs(3600)], Duration::MAX);
+        let (dir, s, mut h, mut mt) = fresh(1);
         let n = 2 * FAN_IN as u64 + 50;
         for _ in 0..n {
             h.commit();
