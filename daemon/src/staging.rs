@@ -639,9 +639,9 @@ impl SparePool {
     /// on a busy mount): kept, they are the next interval's deferred files,
     /// where deleting them would leave the flusher to make as many inodes
     /// again (slower on ext4 right after mass deletions). Idle, the pool
-    /// shrinks back to what demand wants (see [`StagingDir::refill_spares`]). It is emptied here,
-    /// off the commit path: a spare then holds no blocks, and its reuse
-    /// need not truncate it.
+    /// shrinks back to what demand wants (see [`StagingDir::refill_spares`]).
+    /// It is emptied here, off the commit path: a spare then holds no
+    /// blocks, and its reuse need not truncate it.
     fn keep(&self, path: &Path) -> bool {
         if self.len() >= SPARES_KEPT {
             return false;

@@ -138,6 +138,16 @@ impl DbChecksum {
     }
 }
 
+/// The database size in pages a SQLite header (its first 100 bytes) gives,
+/// when the header marks it valid: non-zero, and the "version valid for"
+/// number (offset 92) equal to the change counter (offset 24), as every
+/// SQLite since 3.7.0 keeps them. `None` otherwise (an older writer).
+pub fn sqlite_header_pages(header: &[u8; 100]) -> Option<u32> {
+    let be =
+        |o: usize| u32::from_be_bytes([header[o], header[o + 1], header[o + 2], header[o + 3]]);
+    (be(92) == be(24) && be(28) > 0).then(|| be(28))
+}
+
 /// Reads the page size from a SQLite database header (offset 16, u16 BE, 1 = 65536).
 pub fn sqlite_page_size(header: &[u8]) -> Result<PageSize> {
     if header.len() < 100 || &header[..16] != b"SQLite format 3\0" {

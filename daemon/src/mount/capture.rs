@@ -234,12 +234,8 @@ fn db_pages(f: &File, page_size: PageSize) -> std::io::Result<u32> {
         return Ok(0);
     }
     f.read_exact_at(&mut h, 0)?;
-    let be = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-    if be(92) == be(24) && be(28) > 0 {
-        Ok(be(28))
-    } else {
-        Ok((len / u64::from(page_size.get())) as u32)
-    }
+    Ok(ltx_format::checksum::sqlite_header_pages(&h)
+        .unwrap_or((len / u64::from(page_size.get())) as u32))
 }
 
 impl DbCapture {

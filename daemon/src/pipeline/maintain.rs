@@ -101,15 +101,15 @@ impl Maintainer {
 
     /// The contiguous run of `files` after TXID `after` (from the first file
     /// when `after` is 0: nothing covered yet).
-    fn chain_after(files: Vec<LocalFile>, after: u64) -> Vec<LocalFile> {
+    fn chain_after(files: &[LocalFile], after: u64) -> Vec<LocalFile> {
         let mut chain: Vec<LocalFile> = Vec::new();
         let mut prev = after;
-        for f in files.into_iter().filter(|f| f.max.0 > after) {
+        for f in files.iter().filter(|f| f.max.0 > after) {
             if f.min.0 > prev + 1 && !(prev == 0 && chain.is_empty()) {
                 break;
             }
             prev = f.max.0;
-            chain.push(f);
+            chain.push(f.clone());
         }
         chain
     }
@@ -168,7 +168,7 @@ impl Maintainer {
         // A level's first file may start the history; otherwise it must
         // continue what the level already covers (`chain_after` stops at a
         // gap).
-        let chain = Self::chain_after(self.staging.list_level(level - 1)?, covered);
+        let chain = Self::chain_after(&self.staging.list_level(level - 1)?, covered);
         let Some(last) = chain.last().map(|f| f.max.0) else {
             return Ok(None);
         };
@@ -208,7 +208,7 @@ impl Maintainer {
         loop {
             let before = pos;
             for files in levels.iter().rev() {
-                let chain = Self::chain_after(files.clone(), pos);
+                let chain = Self::chain_after(files, pos);
                 if let Some(last) = chain.last() {
                     pos = last.max.0;
                     inputs.extend(chain);

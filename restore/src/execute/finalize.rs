@@ -278,11 +278,9 @@ pub(super) async fn verify_result(
     Ok(checksum)
 }
 
-/// The database size in pages from the SQLite header of the file (offset
-/// 28), when the header says it is valid: non-zero, and the change counter
-/// (offset 24) equal to the version-valid-for number (offset 92), which
-/// every SQLite since 3.7.0 keeps so. `None` for anything else (an older
-/// writer, a file that is not a SQLite database).
+/// The database size in pages from the SQLite header of the file, when
+/// the header marks it valid (`sqlite_header_pages`). `None` for anything
+/// else (an older writer, a file that is not a SQLite database).
 fn header_pages(out: &File) -> std::io::Result<Option<u32>> {
     let mut h = [0u8; 100];
     match out.read_exact_at(&mut h, 0) {
@@ -290,11 +288,10 @@ fn header_pages(out: &File) -> std::io::Result<Option<u32>> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let be = |at: usize| u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
-    if !h.starts_with(b"SQLite format 3\0") || be(24) != be(92) || be(28) == 0 {
+    if !h.starts_with(b"SQLite format 3\0") {
         return Ok(None);
     }
-    Ok(Some(be(28)))
+    Ok(ltx_format::checksum::sqlite_header_pages(&h))
 }
 
 fn exists(p: &Path) -> Result<bool, RestoreError> {
