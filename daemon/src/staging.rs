@@ -12,6 +12,9 @@
 //! <staging>/spare/<n>                     files kept for reuse by deferred L0 files
 //! ```
 //!
+//! A mount's staging root also holds `.sluice-spares/<n>`, the reserve its
+//! databases' spare pools draw from (see [`refill_reserve`]).
+//!
 //! Invariants: an LTX file appears under its final name only once it is
 //! complete and fsynced, and its directory fsynced; a shipped name is never
 //! written twice. A failed fsync is fatal ([`StagingError::is_fatal`]): the
@@ -23,6 +26,7 @@ use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use ltx_format::{format_filename, parse_filename, Txid};
 use s3_backend::layout::SNAPSHOT_LEVEL;
@@ -137,11 +141,26 @@ pub struct LocalFile {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StagingDir {
     root: PathBuf,
+    /// The reserve this directory's spare pool draws from (see
+    /// [`refill_reserve`]).
+    reserve: Option<PathBuf>,
 }
 
 impl StagingDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        StagingDir { root: root.into() }
+        StagingDir {
+            root: root.into(),
+            reserve: None,
+        }
+    }
+
+    /// The same directory, its spare pool drawing files from the reserve
+    /// at `reserve` (see [`refill_reserve`]) before it makes any.
+    pub fn with_reserve(self, reserve: impl Into<PathBuf>) -> Self {
+        StagingDir {
+            reserve: Some(reserve.into()),
+            ..self
+        }
     }
 
     /// `configured`, or the default `<db dir>/.<db name>-sluice`.
@@ -468,57 +487,65 @@ impl StagingDir {
     /// in `spare/` itself, every commit waited for the scan.
     pub fn refill_spares(&self) -> Result<usize, StagingError> {
         let pool = self.spares();
-        let dir = &pool.dir;
-        let making = &pool.making;
+        let reserve = self.reserve.as_deref().map(reserve_pool);
         // Ramp up with demand: a new pool's 512 files at once would stall
         // the disk and the CPU that the application's commits share.
         let taken = pool.taken.swap(0, Ordering::Relaxed);
         let want = pool.want(taken);
         if taken == 0 && pool.len() > want {
-            pool.trim(want);
+            pool.trim(want, reserve.as_deref());
             return Ok(0);
         }
-        let budget = SPARES_PER_REFILL + 2 * taken;
-        let mut made = 0;
-        while pool.len() < want && made < budget {
-            if made == 0 {
-                for d in [dir, making] {
-                    std::fs::create_dir_all(d).map_err(|e| StagingError::io("create", d, e))?;
-                }
-            }
-            let name = pool.next_name().to_string();
-            let (new, path) = (making.join(&name), dir.join(&name));
-            match OpenOptions::new().write(true).create_new(true).open(&new) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(StagingError::io("create", &new, e)),
-            }
-            std::fs::rename(&new, &path).map_err(|e| StagingError::io("rename", &new, e))?;
-            pool.put(Spare { path, empty: true });
-            made += 1;
+        if let Some(r) = reserve {
+            pool.draw(&r, want)?;
         }
-        Ok(made)
+        pool.make(want, SPARES_PER_REFILL + 2 * taken, SPARE_MAKING_TIME)
     }
 
     /// The spare pool of this directory, shared by every `StagingDir` of
     /// the same root in the process; filled from `spare/` at first use.
     fn spares(&self) -> Arc<SparePool> {
-        static POOLS: OnceLock<Mutex<std::collections::HashMap<PathBuf, Arc<SparePool>>>> =
-            OnceLock::new();
-        let mut pools = POOLS
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = pools.get(&self.root) {
-            return p.clone();
-        }
-        let p = Arc::new(SparePool::scan(
-            self.root.join("spare"),
-            self.root.join("spare-new"),
-        ));
-        pools.insert(self.root.clone(), p.clone());
-        p
+        pool_at(self.root.join("spare"), self.root.join("spare-new"))
     }
+}
+
+/// Tops up the reserve of spare files at `dir` to [`RESERVE_SIZE`], making
+/// at most `budget` files for at most `time`; returns how many it made.
+///
+/// A mount's databases draw their spare pools from one reserve
+/// (`<staging root>/.sluice-spares/`), which the mount fills before it
+/// serves its first request and its flusher keeps topped up. A database
+/// created through the mount then finds spares from its first commit: its
+/// own pool starts empty and grows with demand, and without the reserve its
+/// first few thousand commits each made an inode. On ext4 without a
+/// journal, an inode made within a minute of mass deletions costs close to
+/// a millisecond (the allocator skips every recently freed inode, one by
+/// one), about twice a whole WAL commit; the reserve pays that at the
+/// mount's start instead of inside commits.
+pub fn refill_reserve(dir: &Path, budget: usize, time: Duration) -> Result<usize, StagingError> {
+    reserve_pool(dir).make(RESERVE_SIZE, budget, time)
+}
+
+/// The pool of the reserve at `dir`.
+fn reserve_pool(dir: &Path) -> Arc<SparePool> {
+    pool_at(dir.to_path_buf(), dir.join("new"))
+}
+
+/// The spare pool whose files lie in `dir`, made in `making`: one per
+/// directory in the process, filled from the directory at first use.
+fn pool_at(dir: PathBuf, making: PathBuf) -> Arc<SparePool> {
+    static POOLS: OnceLock<Mutex<std::collections::HashMap<PathBuf, Arc<SparePool>>>> =
+        OnceLock::new();
+    let mut pools = POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = pools.get(&dir) {
+        return p.clone();
+    }
+    let p = Arc::new(SparePool::scan(dir.clone(), making));
+    pools.insert(dir, p.clone());
+    p
 }
 
 /// Files ready to become deferred L0 files by a rename (see
@@ -601,9 +628,10 @@ impl SparePool {
         self.list().pop()
     }
 
-    /// Removes up to [`SPARES_PER_REFILL`] files of a pool larger than
-    /// `want` (best effort: a file left is only an inode not reused).
-    fn trim(&self, want: usize) {
+    /// Takes up to [`SPARES_PER_REFILL`] files out of a pool larger than
+    /// `want`: into `reserve` while it has room, removed otherwise (best
+    /// effort: a file left is only an inode not reused).
+    fn trim(&self, want: usize, reserve: Option<&SparePool>) {
         let extra: Vec<Spare> = {
             let mut list = self.list();
             let n = list.len().saturating_sub(want).min(SPARES_PER_REFILL);
@@ -611,8 +639,81 @@ impl SparePool {
             list.split_off(at)
         };
         for s in extra {
-            let _ = std::fs::remove_file(&s.path);
+            match reserve {
+                // One that cannot move stays in this pool.
+                Some(r) if r.len() < RESERVE_SIZE => {
+                    r.adopt(s, self);
+                }
+                _ => {
+                    let _ = std::fs::remove_file(&s.path);
+                }
+            }
         }
+    }
+
+    /// Moves files from `from` into this pool until it holds `want`: a
+    /// rename each, no inode made. Stops at the first that cannot move (it
+    /// stays in `from`).
+    fn draw(&self, from: &SparePool, want: usize) -> Result<(), StagingError> {
+        let mut moved = 0;
+        while self.len() < want {
+            let Some(s) = from.list().pop() else { break };
+            if moved == 0 {
+                std::fs::create_dir_all(&self.dir)
+                    .map_err(|e| StagingError::io("create", &self.dir, e))?;
+            }
+            if !self.adopt(s, from) {
+                break;
+            }
+            moved += 1;
+        }
+        Ok(())
+    }
+
+    /// Renames `s` (a file of `from`) into this pool; false, and `s` back
+    /// in `from`, if the rename fails (another filesystem, say).
+    fn adopt(&self, s: Spare, from: &SparePool) -> bool {
+        let to = self.dir.join(self.next_name().to_string());
+        match std::fs::rename(&s.path, &to) {
+            Ok(()) => {
+                self.put(Spare {
+                    path: to,
+                    empty: s.empty,
+                });
+                true
+            }
+            Err(e) => {
+                debug!(file = %s.path.display(), "cannot move a spare file: {e}");
+                from.put(s);
+                false
+            }
+        }
+    }
+
+    /// Makes new files until the pool holds `want`, at most `budget` of
+    /// them and for at most `time`; returns how many it made.
+    fn make(&self, want: usize, budget: usize, time: Duration) -> Result<usize, StagingError> {
+        let (dir, making) = (&self.dir, &self.making);
+        let started = Instant::now();
+        let mut made = 0;
+        while self.len() < want && made < budget && started.elapsed() < time {
+            if made == 0 {
+                for d in [dir, making] {
+                    std::fs::create_dir_all(d).map_err(|e| StagingError::io("create", d, e))?;
+                }
+            }
+            let name = self.next_name().to_string();
+            let (new, path) = (making.join(&name), dir.join(&name));
+            match OpenOptions::new().write(true).create_new(true).open(&new) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(StagingError::io("create", &new, e)),
+            }
+            std::fs::rename(&new, &path).map_err(|e| StagingError::io("rename", &new, e))?;
+            self.put(Spare { path, empty: true });
+            made += 1;
+        }
+        Ok(made)
     }
 
     fn put(&self, spare: Spare) {
@@ -669,6 +770,25 @@ impl SparePool {
 }
 
 const PENDING_FILE: &str = "pending.ltx";
+
+/// The most time a refill spends making files for a database that made no
+/// commit since the last, and the flusher's top-up of the reserve. An inode
+/// costs 20–40 µs on most filesystems, but close to a millisecond on ext4
+/// without a journal within a minute of mass deletions; a refill that made
+/// its whole count then kept a CPU busy for most of the next second, while
+/// other work (another database, another program) wanted it. (Unit tests
+/// count the files a refill makes, so there it is unbounded.)
+#[cfg(not(test))]
+pub const SPARE_MAKING_TIME: Duration = Duration::from_millis(5);
+#[cfg(test)]
+pub const SPARE_MAKING_TIME: Duration = Duration::from_secs(3600);
+
+/// The spare files a mount's reserve holds (see [`refill_reserve`]): about
+/// a second of commits at 4,000 a second.
+pub const RESERVE_SIZE: usize = 8192;
+
+/// The reserve's directory under a mount's staging root.
+pub const RESERVE_DIR: &str = ".sluice-spares";
 
 /// The most spare files a pool wants: a quarter second of commits at 2,000
 /// per second.
@@ -983,6 +1103,71 @@ mod tests {
             .unwrap();
         assert_eq!(std::fs::read(&d).unwrap(), b"new");
         assert!(!stale.exists());
+    }
+
+    #[test]
+    fn spare_pools_draw_from_the_mounts_reserve_and_give_back_what_they_do_not_need() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let reserve = dir.path().join(RESERVE_DIR);
+        let inodes = |d: &Path| -> Vec<u64> {
+            let mut v: Vec<u64> = std::fs::read_dir(d)
+                .map(|d| {
+                    d.map(|e| e.unwrap())
+                        .filter(|e| e.file_type().unwrap().is_file())
+                        .map(|e| e.metadata().unwrap().ino())
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        // A refill given no time makes nothing; given time, its count.
+        assert_eq!(refill_reserve(&reserve, 100, Duration::ZERO).unwrap(), 0);
+        assert_eq!(
+            refill_reserve(&reserve, 100, Duration::from_secs(60)).unwrap(),
+            100
+        );
+        let made = inodes(&reserve);
+        assert_eq!(made.len(), 100);
+        // A new database's pool takes what it wants from the reserve and
+        // makes no file.
+        let s = StagingDir::new(dir.path().join("app.db")).with_reserve(&reserve);
+        assert_eq!(s.refill_spares().unwrap(), 0);
+        let pool = inodes(&s.root().join("spare"));
+        assert_eq!(pool.len(), SPARES_MIN);
+        assert!(pool.iter().all(|i| made.contains(i)));
+        assert_eq!(inodes(&reserve).len(), 100 - SPARES_MIN);
+        // Busy, it takes the rest and makes more; idle again, it gives its
+        // extra files back to the reserve instead of deleting them.
+        std::fs::create_dir_all(s.deferred_dir()).unwrap();
+        for t in 0..50 {
+            s.write_deferred(Txid(1 + t), |w| {
+                std::io::Write::write_all(w, b"ltx").map_err(ltx_format::Error::from)
+            })
+            .unwrap();
+        }
+        let want = SPARES_MIN + 4 * 50;
+        // Its budget (96 plus twice the files taken) is for files made.
+        assert_eq!(s.refill_spares().unwrap(), SPARES_PER_REFILL + 2 * 50);
+        assert_eq!(inodes(&reserve).len(), 0);
+        let busy = inodes(&s.root().join("spare"));
+        for _ in 0..100 {
+            s.refill_spares().unwrap();
+        }
+        let idle = inodes(&s.root().join("spare"));
+        let back = inodes(&reserve);
+        assert_eq!(idle.len() + back.len(), busy.len());
+        assert!(idle.len() < want && !back.is_empty());
+        assert!(back.iter().all(|i| busy.contains(i)));
+        // A restart finds the reserve where it was.
+        let again = dir.path().join("again");
+        std::fs::rename(&reserve, &again).unwrap();
+        assert_eq!(
+            refill_reserve(&again, 0, Duration::from_secs(60)).unwrap(),
+            0
+        );
+        assert_eq!(reserve_pool(&again).len(), back.len());
     }
 
     #[test]

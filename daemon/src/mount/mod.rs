@@ -25,12 +25,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use fuse_fs::primary::{PrimaryHooks, TxSink};
 use s3_backend::ReplicaUrl;
-use tracing::{error, info, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, MountConfig, ReplicaConfig};
 use crate::pipeline::metrics::Metrics;
 use crate::pipeline::{PipelineSpec, ReplicaSpec, Stops};
-use crate::staging::StagingDir;
+use crate::staging::{self, StagingDir};
 use sink::MountSink;
 
 /// `url` with `name` appended to its path (a directory of a `file://`
@@ -82,6 +83,13 @@ fn staging_root(m: &MountConfig) -> PathBuf {
     })
 }
 
+/// The staging directory of the database `name`, its spare pool drawing
+/// from the mount's reserve (see [`staging::refill_reserve`]).
+fn staging_dir(m: &MountConfig, name: &str) -> StagingDir {
+    let root = staging_root(m);
+    StagingDir::new(root.join(name)).with_reserve(root.join(staging::RESERVE_DIR))
+}
+
 /// The name of the database at `db` (a backing path): its path relative to
 /// the data directory, so that databases of the same file name in different
 /// subdirectories get their own staging and replica (`a/app.db`, `b/app.db`);
@@ -100,8 +108,13 @@ fn db_name(m: &MountConfig, db: &Path) -> Result<String> {
         Some(r) => r.to_str(),
         None => db.file_name().and_then(|n| n.to_str()),
     };
-    name.map(str::to_string)
-        .context("a database without a UTF-8 file name")
+    let name = name.context("a database without a UTF-8 file name")?;
+    if name == staging::RESERVE_DIR {
+        anyhow::bail!(
+            "a database named {name} would share its staging directory with the mount's spare files; rename it"
+        );
+    }
+    Ok(name.to_string())
 }
 
 /// How the database at `db` (in the mount's data directory) is replicated.
@@ -113,7 +126,7 @@ pub fn spec_for(m: &MountConfig, db: &Path) -> Result<PipelineSpec> {
         None => replica_specs(m, &m.replicas, Some(name))?,
     };
     Ok(PipelineSpec {
-        staging: StagingDir::new(staging_root(m).join(name)),
+        staging: staging_dir(m, name),
         replicas,
         levels: m.levels.iter().map(|d| d.0).collect(),
         snapshot_interval: m.snapshot_interval.0,
@@ -193,8 +206,20 @@ async fn run_async(cfg: Config) -> Result<ExitCode> {
         .max()
         .unwrap_or(Duration::from_secs(10));
     let stopping = Arc::new(AtomicBool::new(false));
+    // Listening before the first mount: a SIGTERM while a mount starts
+    // (its reserve can take seconds to fill) still unmounts it cleanly.
+    let drain = stops.drain.clone();
+    tokio::spawn(crate::replicate::stop_on_signal(
+        stops.clone(),
+        None,
+        timeout,
+        notices.clone(),
+    ));
     let mut served = Vec::new();
     for m in cfg.mounts {
+        if drain.is_cancelled() {
+            break;
+        }
         let m = Arc::new(m);
         let spec = {
             let m = m.clone();
@@ -202,7 +227,7 @@ async fn run_async(cfg: Config) -> Result<ExitCode> {
                 spec_for(&m, db).unwrap_or_else(|e| {
                     warn!(db = %db.display(), "{e:#}");
                     PipelineSpec {
-                        staging: StagingDir::new(staging_root(&m).join("unnamed")),
+                        staging: staging_dir(&m, "unnamed"),
                         replicas: Vec::new(),
                         levels: Vec::new(),
                         snapshot_interval: m.snapshot_interval.0,
@@ -219,9 +244,11 @@ async fn run_async(cfg: Config) -> Result<ExitCode> {
             tokio::runtime::Handle::current(),
             requests.clone(),
         ));
-        served.push(serve(&m, sink, stopping.clone()).await?);
+        served.push(serve(&m, sink, stopping.clone(), &drain).await?);
     }
-    let _ = notices.try_send(crate::replicate::Notice::Ready);
+    if !drain.is_cancelled() {
+        let _ = notices.try_send(crate::replicate::Notice::Ready);
+    }
     if let Some(period) = sd_notify::watchdog_enabled() {
         let notices = notices.clone();
         tokio::spawn(async move {
@@ -231,13 +258,6 @@ async fn run_async(cfg: Config) -> Result<ExitCode> {
             }
         });
     }
-    let drain = stops.drain.clone();
-    tokio::spawn(crate::replicate::stop_on_signal(
-        stops.clone(),
-        None,
-        timeout,
-        notices,
-    ));
     drain.cancelled().await;
     stopping.store(true, Ordering::Relaxed);
     let mut failed = false;
@@ -258,7 +278,12 @@ async fn run_async(cfg: Config) -> Result<ExitCode> {
 }
 
 /// Recovers the data directory's databases, mounts, and starts the flusher.
-async fn serve(m: &MountConfig, sink: Arc<MountSink>, stopping: Arc<AtomicBool>) -> Result<Served> {
+async fn serve(
+    m: &MountConfig,
+    sink: Arc<MountSink>,
+    stopping: Arc<AtomicBool>,
+    stop: &CancellationToken,
+) -> Result<Served> {
     fuse_fs::check_fuse()?;
     let recovered = {
         let sink = sink.clone();
@@ -275,6 +300,10 @@ async fn serve(m: &MountConfig, sink: Arc<MountSink>, stopping: Arc<AtomicBool>)
         hooks,
     )?;
     let _ = slot.set(fs);
+    // After the mount, so that a bad mountpoint is said at once; before
+    // the mount is said ready (the log line, systemd's READY=1).
+    let reserve = staging_root(m).join(staging::RESERVE_DIR);
+    fill_reserve(&reserve, stop).await;
     info!(data_dir = %m.data_dir.display(), mountpoint = %mounted.mountpoint().display(), "mounted");
     let flusher = {
         let sink = sink.clone();
@@ -286,6 +315,13 @@ async fn serve(m: &MountConfig, sink: Arc<MountSink>, stopping: Arc<AtomicBool>)
                 while !stopping.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
                     sink.flush_all(false);
+                    if let Err(e) = staging::refill_reserve(
+                        &reserve,
+                        SPARES_PER_ROUND,
+                        staging::SPARE_MAKING_TIME,
+                    ) {
+                        debug!(dir = %reserve.display(), "making spare files: {e}");
+                    }
                 }
             })?
     };
@@ -294,6 +330,54 @@ async fn serve(m: &MountConfig, sink: Arc<MountSink>, stopping: Arc<AtomicBool>)
         mounted,
         flusher,
     })
+}
+
+/// The most time a mount's start spends filling its reserve: about 8,000
+/// files at the worst cost seen (see [`staging::refill_reserve`]).
+const RESERVE_FILL_TIME: Duration = Duration::from_secs(8);
+
+/// Spare files a mount's start makes between two looks for a stop.
+const RESERVE_FILL_STEP: usize = 512;
+
+/// Spare files the flusher makes for the reserve in one round.
+const SPARES_PER_ROUND: usize = 32;
+
+/// Fills the mount's reserve of spare files before the mount serves (see
+/// [`staging::refill_reserve`]); a failure only costs speed, so it is said
+/// and the mount goes on.
+async fn fill_reserve(dir: &Path, stop: &CancellationToken) {
+    let started = std::time::Instant::now();
+    let mut made = 0;
+    // In steps, so that a stop need not wait for the whole fill.
+    while !stop.is_cancelled() {
+        let Some(left) = RESERVE_FILL_TIME.checked_sub(started.elapsed()) else {
+            break;
+        };
+        let d = dir.to_path_buf();
+        let step = tokio::task::spawn_blocking(move || {
+            staging::refill_reserve(&d, RESERVE_FILL_STEP, left)
+        })
+        .await;
+        match step {
+            Ok(Ok(n)) => {
+                made += n;
+                if n < RESERVE_FILL_STEP {
+                    break;
+                }
+            }
+            Ok(Err(e)) => {
+                warn!(dir = %dir.display(), "making spare files: {e}; new databases' first commits will be slower");
+                break;
+            }
+            Err(e) => {
+                warn!(dir = %dir.display(), "making spare files: {e}");
+                break;
+            }
+        }
+    }
+    if made > 0 {
+        info!(dir = %dir.display(), files = made, took_ms = started.elapsed().as_millis() as u64, "made spare files for new databases' first commits");
+    }
 }
 
 /// Unmounts (lazily if busy), makes everything durable, drains uploads.

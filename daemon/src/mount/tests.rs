@@ -611,6 +611,12 @@ fn databases_of_the_same_name_in_different_subdirectories_get_their_own_staging_
     };
     assert_eq!(url(&a), Path::new("/backup/a/app.db"));
     assert_eq!(url(&top), Path::new("/backup/app.db"));
+    // The mount's reserve of spare files has its own name there.
+    let e = super::spec_for(&m, Path::new("/srv/data/.sluice-spares")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "a database named .sluice-spares would share its staging directory with the mount's spare files; rename it"
+    );
 }
 
 #[test]
