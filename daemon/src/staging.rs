@@ -470,9 +470,10 @@ impl StagingDir {
 
     /// Tops the spare pool up to what recent demand wants: [`SPARES_MIN`]
     /// plus four times the most files taken between two calls (a high-water
-    /// mark that decays by an eighth a call), at most [`SPARES_READY`]. A
-    /// call makes at most [`SPARES_PER_REFILL`] plus twice the files taken
-    /// since the last. The mount's flusher calls this every interval, so a
+    /// mark that decays by an eighth a call), at most [`SPARES_READY`]: first
+    /// with files of the mount's reserve (see [`refill_reserve`]), renamed;
+    /// then with new ones, at most [`SPARES_PER_REFILL`] plus twice the
+    /// files taken since the last call, for at most [`SPARE_MAKING_TIME`]. The mount's flusher calls this every interval, so a
     /// deferred L0 file takes an existing inode instead of allocating one
     /// while SQLite waits: on ext4, allocating an inode scans every inode
     /// deleted in the last minutes (five when their table block is dirty),
@@ -513,8 +514,8 @@ impl StagingDir {
 /// at most `budget` files for at most `time`; returns how many it made.
 ///
 /// A mount's databases draw their spare pools from one reserve
-/// (`<staging root>/.sluice-spares/`), which the mount fills before it
-/// serves its first request and its flusher keeps topped up. A database
+/// (`<staging root>/.sluice-spares/`), which the mount fills when it
+/// starts (before it says it is ready) and its flusher keeps topped up. A database
 /// created through the mount then finds spares from its first commit: its
 /// own pool starts empty and grows with demand, and without the reserve its
 /// first few thousand commits each made an inode. On ext4 without a
