@@ -286,3 +286,60 @@ fn same_names_in_subdirectories_apart_and_a_page_size_change_refused() {
         );
     }
 }
+
+/// Inode numbers of the files directly in `dir`.
+fn inodes(dir: &std::path::Path) -> std::collections::HashSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .filter_map(|e| e.metadata().ok().map(|m| m.ino()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_new_database_writes_its_ltx_files_into_the_mounts_reserve_of_spare_files() {
+    let mut env = MountEnv::new();
+    env.start();
+    let reserve = env.dir().join("data.sluice/.sluice-spares");
+    let made = inodes(&reserve);
+    // 8,192 on a quiet filesystem; the fill stops after 8 s (inodes cost
+    // about a millisecond each on ext4 without a journal after mass
+    // deletions), and its first step is 512 files.
+    assert!(made.len() >= 512, "{} spare files", made.len());
+    let db = env.db("new.db");
+    let c = open(&db, "WAL");
+    // Transactions SQLite does not sync are the ones written into spares
+    // (a synced one's L0 file is made and synced at once).
+    c.execute_batch("PRAGMA synchronous=NORMAL; CREATE TABLE t(v BLOB)")
+        .unwrap();
+    // The flusher moves files into the database's pool every 50 ms; the
+    // commits before its first round make their own.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut from_reserve = 0;
+    for i in 0..5_000 {
+        c.execute("INSERT INTO t(v) VALUES (randomblob(100))", [])
+            .unwrap();
+        if i % 100 == 99 {
+            from_reserve = inodes(&env.staging("new.db").join("deferred"))
+                .union(&inodes(&env.staging("new.db").join("ltx/0")))
+                .filter(|i| made.contains(i))
+                .count();
+            if from_reserve > 0 || Instant::now() > deadline {
+                break;
+            }
+        }
+    }
+    assert!(from_reserve > 0, "no L0 file took a spare of the reserve");
+    drop(c);
+    assert_eq!(env.stop(), Some(0), "{}", env.log_text());
+    assert!(
+        env.log_text()
+            .contains("made spare files for new databases' first commits"),
+        "{}",
+        env.log_text()
+    );
+}
