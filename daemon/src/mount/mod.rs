@@ -18,7 +18,6 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -205,7 +204,6 @@ async fn run_async(cfg: Config) -> Result<ExitCode> {
         .map(|m| m.shutdown_timeout.0)
         .max()
         .unwrap_or(Duration::from_secs(10));
-    let stopping = Arc::new(AtomicBool::new(false));
     // Listening before the first mount: a SIGTERM while a mount starts
     // (its reserve can take seconds to fill) still unmounts it cleanly.
     let drain = stops.drain.clone();
@@ -244,7 +242,7 @@ async fn run_async(cfg: Config) -> Result<ExitCode> {
             tokio::runtime::Handle::current(),
             requests.clone(),
         ));
-        served.push(serve(&m, sink, stopping.clone(), &drain).await?);
+        served.push(serve(&m, sink, &drain).await?);
     }
     if !drain.is_cancelled() {
         let _ = notices.try_send(crate::replicate::Notice::Ready);
@@ -259,7 +257,6 @@ async fn run_async(cfg: Config) -> Result<ExitCode> {
         });
     }
     drain.cancelled().await;
-    stopping.store(true, Ordering::Relaxed);
     let mut failed = false;
     for s in served {
         failed |= !finish(s).await;
@@ -278,12 +275,7 @@ async fn run_async(cfg: Config) -> Result<ExitCode> {
 }
 
 /// Recovers the data directory's databases, mounts, and starts the flusher.
-async fn serve(
-    m: &MountConfig,
-    sink: Arc<MountSink>,
-    stopping: Arc<AtomicBool>,
-    stop: &CancellationToken,
-) -> Result<Served> {
+async fn serve(m: &MountConfig, sink: Arc<MountSink>, stop: &CancellationToken) -> Result<Served> {
     fuse_fs::check_fuse()?;
     let recovered = {
         let sink = sink.clone();
@@ -306,13 +298,13 @@ async fn serve(
     fill_reserve(&reserve, stop).await;
     info!(data_dir = %m.data_dir.display(), mountpoint = %mounted.mountpoint().display(), "mounted");
     let flusher = {
-        let sink = sink.clone();
+        let (sink, stop) = (sink.clone(), stop.clone());
         std::thread::Builder::new()
             .name("sluice-flush".into())
             .spawn(move || {
                 // Deferred files (transactions SQLite did not sync) become
                 // durable and ship within this.
-                while !stopping.load(Ordering::Relaxed) {
+                while !stop.is_cancelled() {
                     std::thread::sleep(Duration::from_millis(50));
                     sink.flush_all(false);
                     if let Err(e) = staging::refill_reserve(
