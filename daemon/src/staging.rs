@@ -304,9 +304,12 @@ impl StagingDir {
     /// has made it durable.
     ///
     /// This runs inside a commit, so it takes a spare inode when the pool
-    /// has one and writes it where it lies: open (truncating only a spare
-    /// not known to be empty), write, rename into place, close. A crash before the rename leaves a spare
-    /// with stale bytes, which the next start sees (see [`SparePool::scan`]).
+    /// has one and writes it where it lies: open, write over what it held
+    /// (cutting off what is left past the new end), rename into place,
+    /// close. A crash before the rename leaves a spare with stale bytes,
+    /// which the next start sees (see [`SparePool::scan`]); one after it
+    /// may leave a deferred file with some of its old bytes, which recovery
+    /// finds invalid like any torn deferred file.
     pub fn write_deferred<F>(&self, txid: Txid, encode: F) -> Result<PathBuf, StagingError>
     where
         F: FnOnce(&mut BufWriter<SyncEvery<'_>>) -> ltx_format::Result<()>,
@@ -316,18 +319,24 @@ impl StagingDir {
         let spare = self.spares().take().and_then(|sp| {
             // Truncating an empty file is not free on ext4: it marks the
             // file for block allocation at close (`auto_da_alloc`), which
-            // then costs the commit tens of microseconds.
+            // then costs the commit tens of microseconds. One of unknown
+            // size is emptied; one of known size is written over, in the
+            // blocks it holds (none to allocate, none to free).
             let f = OpenOptions::new()
                 .write(true)
-                .truncate(!sp.empty)
+                .truncate(sp.len.is_none())
                 .open(&sp.path);
             // A spare gone missing: a new file below.
-            f.ok().map(|f| (sp.path, f))
+            f.ok().map(|f| (sp, f))
         });
-        let Some((spare, f)) = spare else {
+        let Some((Spare { path: spare, len }, f)) = spare else {
             return write_file_as(&dir, &name, WriteMode::Unsynced, encode);
         };
-        if let Err(e) = write_all(&f, &spare, encode) {
+        let written = write_all(&f, &spare, encode).and_then(|()| match len {
+            Some(old) if old > 0 => cut_at_end(&f, &spare, old),
+            _ => Ok(()),
+        });
+        if let Err(e) = written {
             let _ = std::fs::remove_file(&spare);
             return Err(e);
         }
@@ -493,8 +502,17 @@ impl StagingDir {
         // the disk and the CPU that the application's commits share.
         let taken = pool.taken.swap(0, Ordering::Relaxed);
         let want = pool.want(taken);
-        if taken == 0 && pool.len() > want {
-            pool.trim(want, reserve.as_deref());
+        let idle = match taken {
+            0 => pool.idle.fetch_add(1, Ordering::Relaxed) + 1,
+            _ => {
+                pool.idle.store(0, Ordering::Relaxed);
+                0
+            }
+        };
+        if idle > 0 && pool.len() > want {
+            if idle >= IDLE_ROUNDS {
+                pool.trim(want, reserve.as_deref());
+            }
             return Ok(0);
         }
         if let Some(r) = reserve {
@@ -532,6 +550,16 @@ fn reserve_pool(dir: &Path) -> Arc<SparePool> {
     pool_at(dir.to_path_buf(), dir.join("new"))
 }
 
+/// Spare files taken by every pool of the process so far (see
+/// [`spares_taken`]).
+static TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// How many spare files the process's deferred L0 files have taken so far:
+/// a mount's flusher tops its reserve up only once this stopped moving.
+pub fn spares_taken() -> u64 {
+    TAKEN.load(Ordering::Relaxed)
+}
+
 /// The spare pool whose files lie in `dir`, made in `making`: one per
 /// directory in the process, filled from the directory at first use.
 fn pool_at(dir: PathBuf, making: PathBuf) -> Arc<SparePool> {
@@ -562,6 +590,8 @@ struct SparePool {
     next: AtomicU64,
     /// Files taken since the last refill.
     taken: AtomicUsize,
+    /// Refills in a row that found no file taken.
+    idle: AtomicUsize,
     /// The most files taken between two refills, decaying (see
     /// [`StagingDir::refill_spares`]).
     demand: AtomicUsize,
@@ -571,8 +601,9 @@ struct SparePool {
 #[derive(Debug)]
 struct Spare {
     path: PathBuf,
-    /// Known to be empty: a reuse need not truncate it.
-    empty: bool,
+    /// Its size, if known: a reuse writes over it and cuts off the rest.
+    /// Unknown, a reuse truncates it first.
+    len: Option<u64>,
 }
 
 impl SparePool {
@@ -595,10 +626,10 @@ impl SparePool {
             if let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
                 next = next.max(n + 1);
                 // One a stop left half written is not empty.
-                let empty = e.metadata().is_ok_and(|m| m.len() == 0);
+                let len = e.metadata().ok().map(|m| m.len());
                 free.push(Spare {
                     path: e.path(),
-                    empty,
+                    len,
                 });
             }
         }
@@ -608,6 +639,7 @@ impl SparePool {
             free: Mutex::new(free),
             next: AtomicU64::new(next),
             taken: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
             demand: AtomicUsize::new(0),
         }
     }
@@ -626,6 +658,7 @@ impl SparePool {
 
     fn take(&self) -> Option<Spare> {
         self.taken.fetch_add(1, Ordering::Relaxed);
+        TAKEN.fetch_add(1, Ordering::Relaxed);
         self.list().pop()
     }
 
@@ -679,7 +712,7 @@ impl SparePool {
             Ok(()) => {
                 self.put(Spare {
                     path: to,
-                    empty: s.empty,
+                    len: s.len,
                 });
                 true
             }
@@ -711,7 +744,7 @@ impl SparePool {
                 Err(e) => return Err(StagingError::io("create", &new, e)),
             }
             std::fs::rename(&new, &path).map_err(|e| StagingError::io("rename", &new, e))?;
-            self.put(Spare { path, empty: true });
+            self.put(Spare { path, len: Some(0) });
             made += 1;
         }
         Ok(made)
@@ -742,8 +775,14 @@ impl SparePool {
     /// where deleting them would leave the flusher to make as many inodes
     /// again (slower on ext4 right after mass deletions). Idle, the pool
     /// shrinks back to what demand wants (see [`StagingDir::refill_spares`]).
-    /// It is emptied here, off the commit path: a spare then holds no
-    /// blocks, and its reuse need not truncate it.
+    ///
+    /// A small file keeps its blocks: its reuse writes over them, where an
+    /// emptied file would have its blocks freed here (on a filesystem
+    /// mounted with `discard`, a discard request waited for each) and new
+    /// ones allocated at the next writeback. One larger than
+    /// [`SPARE_BLOCKS_KEPT`] is emptied here, off the commit path, so that
+    /// a reuse by a small transaction does not free its blocks inside a
+    /// commit.
     fn keep(&self, path: &Path) -> bool {
         if self.len() >= SPARES_KEPT {
             return false;
@@ -753,24 +792,28 @@ impl SparePool {
         if kept.is_err() {
             return false;
         }
-        let emptied = OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&to)
-            .is_ok();
-        if !emptied {
-            // Still a valid spare (a reuse truncates); it only holds blocks.
-            debug!(file = %to.display(), "cannot empty a spare file");
-        }
-        self.put(Spare {
-            path: to,
-            empty: emptied,
-        });
+        let len = match std::fs::metadata(&to) {
+            Ok(m) if m.len() <= SPARE_BLOCKS_KEPT => Some(m.len()),
+            _ => {
+                let emptied = OpenOptions::new().write(true).truncate(true).open(&to);
+                if emptied.is_err() {
+                    // Still a valid spare (a reuse truncates); it only
+                    // holds blocks.
+                    debug!(file = %to.display(), "cannot empty a spare file");
+                }
+                emptied.ok().map(|_| 0)
+            }
+        };
+        self.put(Spare { path: to, len });
         true
     }
 }
 
 const PENDING_FILE: &str = "pending.ltx";
+
+/// The largest file the spare pool keeps as it is (see `SparePool::keep`):
+/// a one-row transaction's L0 file is a few hundred bytes to a few pages.
+const SPARE_BLOCKS_KEPT: u64 = 64 << 10;
 
 /// The most time a refill spends making files for a database that made no
 /// commit since the last, and the flusher's top-up of the reserve. An inode
@@ -800,6 +843,17 @@ const SPARES_READY: usize = 512;
 /// pool empty makes a new inode, several times the cost of a spare's). An
 /// empty file costs an inode and no block.
 const SPARES_MIN: usize = 64;
+
+/// Refills in a row without a file taken (the flusher's, 50 ms apart:
+/// about 30 s) after which a pool larger than demand wants gives its extra
+/// files back (to the reserve, or removed). A pool holds what the local
+/// clean-up gave it; a load that pauses for seconds finds them again,
+/// where giving them back at once moved every file twice more (back to
+/// the reserve, then back into the pool) for each transaction.
+#[cfg(not(test))]
+pub const IDLE_ROUNDS: usize = 600;
+#[cfg(test)]
+pub const IDLE_ROUNDS: usize = 8;
 
 /// Files a refill makes at least (plus twice those taken since the last);
 /// also the most an idle refill removes from a pool larger than demand
@@ -870,6 +924,20 @@ where
         fsync_dir(dir)?;
     }
     Ok(path)
+}
+
+/// Cuts the file `f` (at `path`), just written from its start over `old`
+/// bytes, at the end of what was written, if that is shorter.
+fn cut_at_end(f: &File, path: &Path, old: u64) -> Result<(), StagingError> {
+    use std::io::Seek;
+    let end = (&mut &*f)
+        .stream_position()
+        .map_err(|e| StagingError::io("seek", path, e))?;
+    if end < old {
+        f.set_len(end)
+            .map_err(|e| StagingError::io("truncate", path, e))?;
+    }
+    Ok(())
 }
 
 /// Renames `from` to `to` in `dir`, making `dir` first if the rename finds it
@@ -984,12 +1052,19 @@ mod tests {
         };
         s.remove(&f(&p, 1)).unwrap();
         assert!(!p.exists() && spares().is_empty());
-        // A removed L0 file becomes the next deferred file, emptied first.
+        // A removed L0 file becomes the next deferred file: kept as it is
+        // (a small file), then written over and cut to its new length.
         let d = s.write_deferred(Txid(2), page).unwrap();
         let ino = std::fs::metadata(&d).unwrap().ino();
         s.remove(&f(&d, 2)).unwrap();
         assert!(!d.exists());
         assert_eq!(spares(), vec![ino]);
+        let spare = std::fs::read_dir(dir.path().join("spare"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(std::fs::read(spare.path()).unwrap(), b"ltx bytes");
         let again = s
             .write_deferred(Txid(3), |w| {
                 std::io::Write::write_all(w, b"new").map_err(ltx_format::Error::from)

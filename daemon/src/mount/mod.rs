@@ -304,9 +304,20 @@ async fn serve(m: &MountConfig, sink: Arc<MountSink>, stop: &CancellationToken) 
             .spawn(move || {
                 // Deferred files (transactions SQLite did not sync) become
                 // durable and ship within this.
+                let (mut taken, mut idle) = (staging::spares_taken(), 0);
                 while !stop.is_cancelled() {
                     std::thread::sleep(Duration::from_millis(50));
                     sink.flush_all(false);
+                    // The reserve is topped up once the mount is idle: under
+                    // load its files come back from the local clean-up (see
+                    // `staging::IDLE_ROUNDS`), and files made meanwhile
+                    // would only take CPU from the commits.
+                    let now = staging::spares_taken();
+                    idle = if now == taken { idle + 1 } else { 0 };
+                    taken = now;
+                    if idle < staging::IDLE_ROUNDS {
+                        continue;
+                    }
                     if let Err(e) = staging::refill_reserve(
                         &reserve,
                         SPARES_PER_ROUND,

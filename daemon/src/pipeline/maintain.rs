@@ -75,11 +75,18 @@ impl Maintainer {
         }
     }
 
-    /// Runs whatever is due. Returns the files written.
-    pub fn tick(&mut self) -> Result<Vec<PathBuf>, StagingError> {
+    /// Runs whatever is due: a level on its interval, level 1 also once
+    /// [`L0_BACKLOG`] TXIDs wait for it (`newest` is the newest staged).
+    /// Returns the files written.
+    pub fn tick(&mut self, newest: u64) -> Result<Vec<PathBuf>, StagingError> {
         let mut out = Vec::new();
+        let backlog = newest.saturating_sub(self.covered(1));
         for i in 0..self.levels.len() {
-            if self.last_level_run[i].elapsed() >= self.levels[i] {
+            let early = i == 0 && backlog >= L0_BACKLOG;
+            if early || self.last_level_run[i].elapsed() >= self.levels[i] {
+                if early {
+                    info!(backlog, "level 1 compaction ahead of its interval");
+                }
                 self.last_level_run[i] = Instant::now();
                 if let Some(p) = self.compact_level(i as u8 + 1)? {
                     out.push(p);
@@ -143,9 +150,9 @@ impl Maintainer {
                 allow_non_contiguous: false,
                 snapshot: false,
             };
-            let mut round = 0;
-            while paths.len() > FAN_IN {
-                paths = scratch.round(round, &paths, opts)?;
+            let (mut round, fan_in) = (0, fan_in());
+            while paths.len() > fan_in {
+                paths = scratch.round(round, &paths, fan_in, opts)?;
                 round += 1;
             }
             compact(
@@ -280,12 +287,34 @@ impl Maintainer {
     }
 }
 
-/// Files a merge reads at once. An L1 merge of a busy mount covers one L0
-/// file per transaction of its interval (tens of thousands), far beyond the
+/// The L0 TXIDs that make a level-1 compaction due before its interval.
+/// A mount stages one L0 file per transaction, and an L0 file is removed
+/// (given back to the spare pool, see [`StagingDir::remove`]) only once a
+/// level-1 file covers it: on the 30 s default interval, a mount taking
+/// 4,000 commits a second would hold 120,000 L0 files, and need as many
+/// inodes; on ext4 right after mass deletions a new inode costs a commit
+/// up to a millisecond. Compacting every 4,096 TXIDs keeps the files in
+/// circulation within the mount's reserve of spares
+/// ([`crate::staging::RESERVE_SIZE`], twice this), at the price of one
+/// level-1 object per 4,096 transactions under such a load (the WAL
+/// watcher, one TXID per sync, seldom gets there).
+pub const L0_BACKLOG: u64 = 4096;
+
+/// The most files a merge reads at once. An L1 merge of a busy mount covers
+/// one L0 file per transaction of its interval (thousands), far beyond the
 /// usual limit of 1,024 open files: a larger merge goes in rounds through
-/// scratch files, each merging groups of this many. Pages only get newer
-/// along a chain, so merging a merge gives the same file.
+/// scratch files, each merging groups of [`fan_in`] files. Pages only get
+/// newer along a chain, so merging a merge gives the same file.
 const FAN_IN: usize = 256;
+
+/// Files a merge reads at once: [`FAN_IN`], or a quarter of the process's
+/// limit on open files if that is lower (at least 8), leaving the rest to
+/// capture, uploads and FUSE.
+fn fan_in() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft / 4).unwrap_or(FAN_IN).clamp(8, FAN_IN)
+}
 
 /// The scratch files of a merge in rounds (`<staging>/compact`), removed
 /// when it ends; a crash's leftovers are removed by the next merge.
@@ -299,17 +328,18 @@ impl Scratch {
         Scratch { dir }
     }
 
-    /// Merges `paths` in groups of [`FAN_IN`] into scratch files, which it
+    /// Merges `paths` in groups of `fan_in` into scratch files, which it
     /// returns in order; removes the scratch files among `paths`.
     fn round(
         &self,
         round: usize,
         paths: &[PathBuf],
+        fan_in: usize,
         opts: CompactOptions,
     ) -> ltx_format::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(&self.dir)?;
-        let mut out = Vec::with_capacity(paths.len().div_ceil(FAN_IN));
-        for (i, group) in paths.chunks(FAN_IN).enumerate() {
+        let mut out = Vec::with_capacity(paths.len().div_ceil(fan_in));
+        for (i, group) in paths.chunks(fan_in).enumerate() {
             let path = self.dir.join(format!("{round}-{i}.ltx"));
             let w = BufWriter::new(File::create(&path)?);
             let (mut w, _, _) = compact(open_all(group)?, w, opts)?;
@@ -501,6 +531,26 @@ mod tests {
         let mut mt = Maintainer::new(&s, vec![Duration::from_secs(3600); 2], Duration::MAX);
         mt.compact_level(1).unwrap().unwrap();
         assert_eq!(ranges(&s, 1), [(14, 14)]);
+    }
+
+    #[test]
+    fn level_one_runs_ahead_of_its_interval_once_l0_backlog_transactions_wait() {
+        let (_dir, s, mut h, mut mt) = fresh(2);
+        for _ in 0..3 {
+            h.commit();
+        }
+        assert!(mt.tick(3).unwrap().is_empty(), "an hour's interval");
+        assert!(mt.tick(L0_BACKLOG - 1).unwrap().is_empty());
+        // The backlog counts from what level 1 covers, by the newest TXID
+        // staged: here only three files are, and they are merged.
+        let out = mt.tick(L0_BACKLOG).unwrap();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(ranges(&s, 1), [(1, 3)]);
+        assert_eq!(ranges(&s, 2), [], "level 2 waits for its interval");
+        assert!(mt.tick(L0_BACKLOG + 2).unwrap().is_empty(), "covered to 3");
+        h.commit();
+        assert_eq!(mt.tick(3 + L0_BACKLOG).unwrap().len(), 1);
+        assert_eq!(ranges(&s, 1), [(1, 3), (4, 4)]);
     }
 
     #[test]

@@ -383,7 +383,8 @@ fn spawn_maintainer(
             let mut served = requests.load(Ordering::Relaxed);
             while !handoff.stops.stopping() {
                 std::thread::sleep(tick);
-                let r = mt.tick().map(|_| ()).and_then(|()| {
+                let newest = handoff.metrics.txid.load(Ordering::Relaxed);
+                let r = mt.tick(newest).map(|_| ()).and_then(|()| {
                     let asked = requests.load(Ordering::Relaxed);
                     if asked != served {
                         served = asked;

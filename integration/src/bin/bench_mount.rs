@@ -587,11 +587,65 @@ fn tx_loop(db: &Path, mode: Mode, limit: Duration, count: Option<u64>, seed: u64
 struct TxResult {
     mode: Mode,
     runs: Vec<TxRun>,
+    /// The waits for an idle Sluice before each raw or bindfs slice.
+    settled: Vec<Settled>,
     /// Transactions through Sluice, and the TXIDs it staged for them.
     sluice_tx: u64,
     sluice_txids: u64,
     sluice_exit: Option<i32>,
 }
+
+/// CPU time (clock ticks) that process `pid`, all its threads, has used.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is the
+    // first, utime and stime the 12th and 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// A wait for an idle Sluice (see [`settle`]).
+#[derive(Debug, Clone, Copy)]
+struct Settled {
+    waited: Duration,
+    /// False if Sluice was still busy when the wait gave up.
+    idle: bool,
+}
+
+/// Waits until Sluice (`pid`) has used no CPU for [`SETTLE_IDLE`], at most
+/// [`SETTLE_MAX`]: its background work after its slices (uploads, level-1
+/// compaction every 4,096 transactions, spare files) then does not run in
+/// another target's slice. Bindfs's transactions mostly wait for a halted
+/// vCPU to wake, so on this VM a busy neighbour makes them up to a quarter
+/// faster, a bias against Sluice as large as the targets' gap.
+fn settle(pid: u32) -> Settled {
+    let t0 = Instant::now();
+    let mut last = cpu_ticks(pid);
+    let mut since = Instant::now();
+    while t0.elapsed() < SETTLE_MAX {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = cpu_ticks(pid);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= SETTLE_IDLE {
+            return Settled {
+                waited: t0.elapsed(),
+                idle: true,
+            };
+        }
+    }
+    Settled {
+        waited: t0.elapsed(),
+        idle: false,
+    }
+}
+
+/// How long Sluice must use no CPU to count as idle (a clock tick is 10 ms).
+const SETTLE_IDLE: Duration = Duration::from_millis(200);
+
+/// The longest wait for an idle Sluice before a slice.
+const SETTLE_MAX: Duration = Duration::from_secs(5);
 
 /// Transactions over time of target `t` in `runs`, in every round or in
 /// `round`.
@@ -675,16 +729,23 @@ fn tx_phase(o: &Opts, bin: &Path, work: &Path, mode: Mode) -> Result<TxResult> {
     }
     // Each target runs twice a round.
     let slices = 2 * o.rounds;
+    let mut settled = Vec::new();
     let (limit, count) = (
         o.duration / slices,
         o.count.map(|c| c.div_ceil(u64::from(slices))),
     );
     let mut runs = Vec::new();
+    let pid = sl.child.as_ref().map(Child::id);
     for round in 0..o.rounds {
         for target in ROUND {
             let Some((_, w)) = writers.iter_mut().find(|(t, _)| *t == target) else {
                 bail!("no writer for {}", target.name());
             };
+            if target != Target::Sluice {
+                if let Some(pid) = pid {
+                    settled.push(settle(pid));
+                }
+            }
             let l = w.slice(limit, count).with_context(|| {
                 format!("{} round {} ({})", target.name(), round + 1, mode.name())
             })?;
@@ -714,6 +775,7 @@ fn tx_phase(o: &Opts, bin: &Path, work: &Path, mode: Mode) -> Result<TxResult> {
     Ok(TxResult {
         mode,
         runs,
+        settled,
         sluice_tx,
         sluice_txids,
         sluice_exit,
@@ -952,6 +1014,15 @@ fn print_tx(o: &Opts, txs: &[TxResult]) {
             r.first().map_or("-".into(), |v| format!("{v:.2}")),
             r.get(r.len() / 2).map_or("-".into(), |v| format!("{v:.2}")),
             r.last().map_or("-".into(), |v| format!("{v:.2}")),
+        );
+        let waited: Duration = t.settled.iter().map(|s| s.waited).sum();
+        let busy = t.settled.iter().filter(|s| !s.idle).count();
+        println!(
+            "    waits for an idle sluice before raw and bindfs slices: {} in {:.1} s, {} gave up after {} s",
+            t.settled.len(),
+            waited.as_secs_f64(),
+            busy,
+            SETTLE_MAX.as_secs()
         );
         println!(
             "    sluice staged {} TXIDs for {} inserts (plus CREATE TABLE, and in WAL mode the switch to WAL); exit code {:?}",

@@ -156,12 +156,24 @@ fn a_bulk_load_is_few_objects_and_every_transaction_restores() {
     c.execute_batch("PRAGMA synchronous=NORMAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
         .unwrap();
     let first = env.txid(name);
-    let n = 3000u64;
+    // Over twice the L0 backlog (4,096 TXIDs) that makes level 1 compact
+    // ahead of its 30 s interval: the L0 files it covers go back to the
+    // spare pool, and later transactions are written over them.
+    let n = 9000u64;
     for i in 1..=n {
         c.execute("INSERT INTO t(id, v) VALUES (?1, randomblob(100))", [i])
             .unwrap();
     }
     drop(c);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env.log_text().contains("ahead of its interval") {
+        assert!(
+            Instant::now() < deadline,
+            "no level-1 compaction ahead of its interval; log:\n{}",
+            env.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(env.stop(), Some(0), "{}", env.log_text());
     assert!(
         !env.log_text().contains("Too many open files"),
@@ -177,7 +189,7 @@ fn a_bulk_load_is_few_objects_and_every_transaction_restores() {
         objects.len()
     );
     let out = env.dir().join("restored.db");
-    for k in [1, n / 3, n / 2 + 7, n - 1, n] {
+    for k in [1, n / 3, n / 2 + 7, 4096, 4097, n - 1, n] {
         let o = integration::sluice(&[
             "restore",
             "-o",
