@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use ltx_format::{format_filename, parse_filename, Txid};
 use s3_backend::layout::SNAPSHOT_LEVEL;
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::failpoint;
 
@@ -295,28 +295,35 @@ impl StagingDir {
         write_file(&self.root, PENDING_FILE, true, encode)
     }
 
-    fn deferred_dir(&self) -> PathBuf {
+    /// Where an earlier version left deferred files, named by TXID (a
+    /// crash may have left some): read by [`StagingDir::list_deferred`].
+    fn legacy_deferred_dir(&self) -> PathBuf {
         self.root.join("deferred")
+    }
+
+    /// The spare pool's directory, where deferred files are written.
+    fn spare_dir(&self) -> PathBuf {
+        self.root.join("spare")
     }
 
     /// Writes the L0 file of `txid` without an fsync, outside `ltx/`:
     /// nothing uploads or compacts it until [`StagingDir::promote_deferred`]
-    /// has made it durable.
+    /// has made it durable and moved it there. Returns its path.
     ///
-    /// This runs inside a commit, so it takes a spare inode when the pool
-    /// has one and writes it where it lies: open, write over what it held
-    /// (cutting off what is left past the new end), rename into place,
-    /// close. A crash before the rename leaves a spare with stale bytes,
-    /// which the next start sees (see [`SparePool::scan`]); one after it
-    /// may leave a deferred file with some of its old bytes, which recovery
-    /// finds invalid like any torn deferred file.
+    /// This runs inside a commit, so it takes a spare file when the pool
+    /// has one and writes it where it lies, under its spare name: open,
+    /// write over what it held (cutting off what is left past the new end),
+    /// close; no directory changes. (A rename into a directory of its own
+    /// was a third of the capture's cost on ext4.) Its name is the file's
+    /// until the promotion; a restart finds a deferred file by its header
+    /// (see [`StagingDir::list_deferred`]). A crash may leave one torn,
+    /// which recovery finds invalid.
     pub fn write_deferred<F>(&self, txid: Txid, encode: F) -> Result<PathBuf, StagingError>
     where
         F: FnOnce(&mut BufWriter<SyncEvery<'_>>) -> ltx_format::Result<()>,
     {
-        let dir = self.deferred_dir();
-        let name = format_filename(txid, txid);
-        let spare = self.spares().take().and_then(|sp| {
+        let pool = self.spares();
+        let spare = pool.take().and_then(|sp| {
             // Truncating an empty file is not free on ext4: it marks the
             // file for block allocation at close (`auto_da_alloc`), which
             // then costs the commit tens of microseconds. One of unknown
@@ -329,37 +336,43 @@ impl StagingDir {
             // A spare gone missing: a new file below.
             f.ok().map(|f| (sp, f))
         });
-        let Some((Spare { path: spare, len }, f)) = spare else {
-            return write_file_as(&dir, &name, WriteMode::Unsynced, encode);
+        let (Spare { path, len }, f) = match spare {
+            Some(s) => s,
+            None => pool.create().map_err(|e| {
+                let path = self.spare_dir();
+                debug!(%txid, "no spare file for a deferred file");
+                StagingError::io("create", &path, e)
+            })?,
         };
-        let written = write_all(&f, &spare, encode).and_then(|()| match len {
-            Some(old) if old > 0 => cut_at_end(&f, &spare, old),
+        let written = write_all(&f, &path, encode).and_then(|()| match len {
+            Some(old) if old > 0 => cut_at_end(&f, &path, old),
             _ => Ok(()),
         });
         if let Err(e) = written {
-            let _ = std::fs::remove_file(&spare);
+            let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        let to = dir.join(&name);
-        rename_into(&spare, &dir, &to).map_err(|e| StagingError::io("rename", &spare, e))?;
-        Ok(to)
+        Ok(path)
     }
 
     /// Makes every deferred file written so far durable: one `syncfs` of
     /// the staging filesystem.
     pub fn sync_deferred_dir(&self) -> Result<(), StagingError> {
-        let dir = self.deferred_dir();
-        let d = File::open(&dir).map_err(|e| StagingError::io("open", &dir, e))?;
-        failpoint::fsync(&dir)
+        let dir = &self.root;
+        let d = File::open(dir).map_err(|e| StagingError::io("open", dir, e))?;
+        failpoint::fsync(dir)
             .and_then(|()| nix::unistd::syncfs(&d).map_err(io::Error::from))
-            .map_err(|source| StagingError::Fsync { path: dir, source })
+            .map_err(|source| StagingError::Fsync {
+                path: dir.clone(),
+                source,
+            })
     }
 
-    /// Whether the deferred directory (once made) is on the filesystem of
+    /// Whether the staging directory (once made) is on the filesystem of
     /// `other`.
     pub fn on_fs_of(&self, other: &File) -> bool {
         use std::os::unix::fs::MetadataExt;
-        match (other.metadata(), std::fs::metadata(self.deferred_dir())) {
+        match (other.metadata(), std::fs::metadata(&self.root)) {
             (Ok(a), Ok(b)) => a.dev() == b.dev(),
             _ => false,
         }
@@ -369,7 +382,7 @@ impl StagingDir {
     /// of `other`'s filesystem when the staging directory is on it
     /// (`same_fs`, see [`StagingDir::on_fs_of`]): one `syncfs` then covers
     /// both (returns true: `other` is synced too). Otherwise the file and
-    /// the deferred directory are fsynced.
+    /// its directory are fsynced.
     pub fn sync_deferred(
         &self,
         path: &Path,
@@ -387,20 +400,20 @@ impl StagingDir {
         }
         let f = File::open(path).map_err(|e| StagingError::io("open", path, e))?;
         fsync(&f, path)?;
-        fsync_dir(&self.deferred_dir())?;
+        fsync_dir(path.parent().unwrap_or(&self.root))?;
         Ok(false)
     }
 
-    /// Deferred L0 files, by TXID (a crash may leave some behind).
+    /// Deferred L0 files not yet promoted, by TXID: the spare files whose
+    /// LTX header names one TXID newer than every staged file, and files an
+    /// earlier version left in `deferred/` under their TXID. A crash (or a
+    /// stop before the flusher ran) may leave some; spare files holding an
+    /// older L0 file (given back by the local clean-up) are not listed.
     pub fn list_deferred(&self) -> Result<Vec<LocalFile>, StagingError> {
-        let dir = self.deferred_dir();
-        let rd = match std::fs::read_dir(&dir) {
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(StagingError::io("list", &dir, e)),
-        };
+        let newest = self.newest()?.map_or(0, |f| f.max.0);
         let mut out = Vec::new();
-        for e in rd {
+        let dir = self.legacy_deferred_dir();
+        for e in read_dir_if_any(&dir)? {
             let e = e.map_err(|e| StagingError::io("list", &dir, e))?;
             if let Some((min, max)) = e.file_name().to_str().and_then(parse_filename) {
                 out.push(LocalFile {
@@ -411,33 +424,48 @@ impl StagingDir {
                 });
             }
         }
+        let dir = self.spare_dir();
+        for e in read_dir_if_any(&dir)? {
+            let e = e.map_err(|e| StagingError::io("list", &dir, e))?;
+            let numbered = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u64>().is_ok());
+            let txid = numbered.then(|| deferred_txid(&e.path())).flatten();
+            if let Some(t) = txid.filter(|t| t.0 > newest) {
+                out.push(LocalFile {
+                    level: 0,
+                    min: t,
+                    max: t,
+                    path: e.path(),
+                });
+            }
+        }
         out.sort_by_key(|f| f.max);
         Ok(out)
     }
 
-    /// Makes the deferred files of `txids` durable (one `syncfs` of the
-    /// staging filesystem, unless `synced` says they already are) and moves
-    /// them into `ltx/0` (one fsync of that directory). Returns their new
-    /// paths.
+    /// Makes the deferred files `files` (TXID and path) durable (one
+    /// `syncfs` of the staging filesystem, unless `synced` says they
+    /// already are) and moves them into `ltx/0` (one fsync of that
+    /// directory). Returns their new paths.
     pub fn promote_deferred(
         &self,
-        txids: &[Txid],
+        files: &[(Txid, &Path)],
         synced: bool,
     ) -> Result<Vec<PathBuf>, StagingError> {
-        let dir = self.deferred_dir();
         if !synced {
             self.sync_deferred_dir()?;
         }
         let l0 = self.level_dir(0);
         std::fs::create_dir_all(&l0).map_err(|e| StagingError::io("create", &l0, e))?;
-        let mut out = Vec::with_capacity(txids.len());
-        for &t in txids {
-            let name = format_filename(t, t);
-            let (from, to) = (dir.join(&name), l0.join(&name));
+        let mut out = Vec::with_capacity(files.len());
+        for &(t, from) in files {
+            let to = l0.join(format_filename(t, t));
             if to.exists() {
                 return Err(StagingError::Exists { path: to });
             }
-            std::fs::rename(&from, &to).map_err(|e| StagingError::io("rename", &from, e))?;
+            std::fs::rename(from, &to).map_err(|e| StagingError::io("rename", from, e))?;
             out.push(to);
         }
         fsync_dir(&l0)?;
@@ -471,7 +499,7 @@ impl StagingDir {
     /// instead while the pool holds fewer files than recent demand wants
     /// (see [`StagingDir::refill_spares`]).
     pub fn remove(&self, f: &LocalFile) -> Result<(), StagingError> {
-        if f.level == 0 && self.deferred_dir().is_dir() && self.spares().keep(&f.path) {
+        if f.level == 0 && self.spare_dir().is_dir() && self.spares().keep(&f.path) {
             return Ok(());
         }
         std::fs::remove_file(&f.path).map_err(|e| StagingError::io("remove", &f.path, e))
@@ -523,8 +551,23 @@ impl StagingDir {
 
     /// The spare pool of this directory, shared by every `StagingDir` of
     /// the same root in the process; filled from `spare/` at first use.
+    ///
+    /// Deferred files not yet promoted lie among the pool's files (a crash
+    /// or a stop left them): the pool leaves them out (see
+    /// [`StagingDir::list_deferred`]), every file that is not empty if it
+    /// cannot tell.
     fn spares(&self) -> Arc<SparePool> {
-        pool_at(self.root.join("spare"), self.root.join("spare-new"))
+        pool_at(
+            self.spare_dir(),
+            self.root.join("spare-new"),
+            || match self.list_deferred() {
+                Ok(d) => Some(d.into_iter().map(|f| f.path).collect()),
+                Err(e) => {
+                    warn!(dir = %self.root.display(), "looking for deferred files: {e}; only empty spare files are reused");
+                    None
+                }
+            },
+        )
     }
 }
 
@@ -546,8 +589,10 @@ pub fn refill_reserve(dir: &Path, budget: usize, time: Duration) -> Result<usize
 }
 
 /// The pool of the reserve at `dir`.
+/// Only its empty files: what goes there is emptied first (see
+/// `SparePool::trim`).
 fn reserve_pool(dir: &Path) -> Arc<SparePool> {
-    pool_at(dir.to_path_buf(), dir.join("new"))
+    pool_at(dir.to_path_buf(), dir.join("new"), || None)
 }
 
 /// Spare files taken by every pool of the process so far (see
@@ -561,8 +606,14 @@ pub fn spares_taken() -> u64 {
 }
 
 /// The spare pool whose files lie in `dir`, made in `making`: one per
-/// directory in the process, filled from the directory at first use.
-fn pool_at(dir: PathBuf, making: PathBuf) -> Arc<SparePool> {
+/// directory in the process, filled from the directory at first use with
+/// every file but those `exclude` gives (every file that is not empty if it
+/// gives None).
+fn pool_at(
+    dir: PathBuf,
+    making: PathBuf,
+    exclude: impl FnOnce() -> Option<std::collections::HashSet<PathBuf>>,
+) -> Arc<SparePool> {
     static POOLS: OnceLock<Mutex<std::collections::HashMap<PathBuf, Arc<SparePool>>>> =
         OnceLock::new();
     let mut pools = POOLS
@@ -572,7 +623,7 @@ fn pool_at(dir: PathBuf, making: PathBuf) -> Arc<SparePool> {
     if let Some(p) = pools.get(&dir) {
         return p.clone();
     }
-    let p = Arc::new(SparePool::scan(dir.clone(), making));
+    let p = Arc::new(SparePool::scan(dir.clone(), making, exclude()));
     pools.insert(dir, p.clone());
     p
 }
@@ -607,10 +658,14 @@ struct Spare {
 }
 
 impl SparePool {
-    /// The pool of the files already in `dir`, and of those a stop left in
-    /// `making` (moved into `dir`); new names count on from the highest
-    /// numeric one.
-    fn scan(dir: PathBuf, making: PathBuf) -> SparePool {
+    /// The pool of the files already in `dir` but those of `exclude` (or,
+    /// if None, but those not empty), and of those a stop left in `making`
+    /// (moved into `dir`); new names count on from the highest numeric one.
+    fn scan(
+        dir: PathBuf,
+        making: PathBuf,
+        exclude: Option<std::collections::HashSet<PathBuf>>,
+    ) -> SparePool {
         let mut free = Vec::new();
         let mut next = 0;
         for e in std::fs::read_dir(&making).into_iter().flatten().flatten() {
@@ -627,10 +682,16 @@ impl SparePool {
                 next = next.max(n + 1);
                 // One a stop left half written is not empty.
                 let len = e.metadata().ok().map(|m| m.len());
-                free.push(Spare {
-                    path: e.path(),
-                    len,
-                });
+                let out = match &exclude {
+                    Some(paths) => paths.contains(&e.path()),
+                    None => len != Some(0),
+                };
+                if !out {
+                    free.push(Spare {
+                        path: e.path(),
+                        len,
+                    });
+                }
             }
         }
         SparePool {
@@ -674,9 +735,28 @@ impl SparePool {
         };
         for s in extra {
             match reserve {
-                // One that cannot move stays in this pool.
+                // One that cannot move stays in this pool. The reserve
+                // serves every database of the mount: a file goes there
+                // empty, never with an L0 file of this database that
+                // another's recovery would read as its own.
                 Some(r) if r.len() < RESERVE_SIZE => {
-                    r.adopt(s, self);
+                    let emptied = s.len == Some(0)
+                        || OpenOptions::new()
+                            .write(true)
+                            .truncate(true)
+                            .open(&s.path)
+                            .is_ok();
+                    if emptied {
+                        r.adopt(
+                            Spare {
+                                path: s.path,
+                                len: Some(0),
+                            },
+                            self,
+                        );
+                    } else {
+                        let _ = std::fs::remove_file(&s.path);
+                    }
                 }
                 _ => {
                     let _ = std::fs::remove_file(&s.path);
@@ -748,6 +828,30 @@ impl SparePool {
             made += 1;
         }
         Ok(made)
+    }
+
+    /// A new empty file in the pool's directory, not put in the pool: for
+    /// a deferred file when the pool is empty.
+    fn create(&self) -> io::Result<(Spare, File)> {
+        loop {
+            let path = self.dir.join(self.next_name().to_string());
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .or_else(|e| {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        return Err(e);
+                    }
+                    std::fs::create_dir_all(&self.dir)?;
+                    OpenOptions::new().write(true).create_new(true).open(&path)
+                });
+            match f {
+                Ok(f) => return Ok((Spare { path, len: Some(0) }, f)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn put(&self, spare: Spare) {
@@ -940,6 +1044,25 @@ fn cut_at_end(f: &File, path: &Path, old: u64) -> Result<(), StagingError> {
     Ok(())
 }
 
+/// The entries of `dir`, none if it does not exist.
+fn read_dir_if_any(dir: &Path) -> Result<Vec<io::Result<std::fs::DirEntry>>, StagingError> {
+    match std::fs::read_dir(dir) {
+        Ok(r) => Ok(r.collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(StagingError::io("list", dir, e)),
+    }
+}
+
+/// The TXID of the L0 file a spare file at `path` holds, if its first
+/// bytes are the header of an L0 file of one TXID.
+fn deferred_txid(path: &Path) -> Option<Txid> {
+    use std::io::Read;
+    let mut b = [0u8; ltx_format::HEADER_SIZE];
+    File::open(path).ok()?.read_exact(&mut b).ok()?;
+    let h = ltx_format::Header::decode(&b).ok()?;
+    (h.min_txid == h.max_txid).then_some(h.max_txid)
+}
+
 /// Renames `from` to `to` in `dir`, making `dir` first if the rename finds it
 /// missing (created on first use, not at every rename).
 fn rename_into(from: &Path, dir: &Path, to: &Path) -> io::Result<()> {
@@ -1076,6 +1199,12 @@ mod tests {
             "inode reused"
         );
         assert_eq!(std::fs::read(&again).unwrap(), b"new", "old content gone");
+        assert_eq!(spares(), vec![ino], "written where it lies");
+        assert_eq!(s.list_deferred().unwrap(), [], "not an LTX header");
+        // Promoted, it moves into ltx/0.
+        let promote = |t: u64, p: &Path| s.promote_deferred(&[(Txid(t), p)], false).unwrap();
+        let l0 = promote(3, &again);
+        assert_eq!(l0, [s.ltx_path(0, Txid(3), Txid(3))]);
         assert!(spares().is_empty());
         // The flusher keeps empty files ready, as many as recent demand
         // wants (two taken so far); a deferred file takes one.
@@ -1085,13 +1214,16 @@ mod tests {
         assert_eq!(ready.len(), SPARES_MIN + 4 * 2);
         let next = s.write_deferred(Txid(4), page).unwrap();
         let ino = std::fs::metadata(&next).unwrap().ino();
-        assert!(ready.contains(&ino) && !spares().contains(&ino));
+        assert!(ready.contains(&ino));
         assert_eq!(std::fs::read(&next).unwrap(), b"ltx bytes");
+        promote(4, &next);
+        assert!(!spares().contains(&ino));
         // More demand grows the pool, ramping up: 96 plus twice the files
         // taken per round, towards four times the most taken in one round
         // (a mark that decays by an eighth a round).
         for t in 0..100 {
-            s.write_deferred(Txid(10 + t), page).unwrap();
+            let p = s.write_deferred(Txid(10 + t), page).unwrap();
+            promote(10 + t, &p);
         }
         let taken = 101; // with TXID 4's
         assert_eq!(s.refill_spares().unwrap(), SPARES_PER_REFILL + 2 * taken);
@@ -1110,6 +1242,7 @@ mod tests {
                 std::io::Write::write_all(w, &vec![7u8; 100 << 10]).map_err(ltx_format::Error::from)
             })
             .unwrap();
+        let big = promote(200, &big).remove(0);
         let grown = spares().len();
         for _ in 0..64 {
             s.refill_spares().unwrap();
@@ -1151,11 +1284,15 @@ mod tests {
         std::fs::create_dir_all(other.path().join("deferred")).unwrap();
         let taken: Vec<PathBuf> = (0..4)
             .map(|t| {
-                o.write_deferred(Txid(300 + t), |w| {
-                    std::io::Write::write_all(w, &vec![7u8; 100 << 10])
-                        .map_err(ltx_format::Error::from)
-                })
-                .unwrap()
+                let p = o
+                    .write_deferred(Txid(300 + t), |w| {
+                        std::io::Write::write_all(w, &vec![7u8; 100 << 10])
+                            .map_err(ltx_format::Error::from)
+                    })
+                    .unwrap();
+                o.promote_deferred(&[(Txid(300 + t), &p)], false)
+                    .unwrap()
+                    .remove(0)
             })
             .collect();
         o.remove(&f(&taken[0], 300)).unwrap();
@@ -1178,7 +1315,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(std::fs::read(&d).unwrap(), b"new");
-        assert!(!stale.exists());
+        assert_eq!(d, stale, "written where it lies, cut to its length");
     }
 
     #[test]
@@ -1216,20 +1353,41 @@ mod tests {
         assert_eq!(inodes(&reserve).len(), 100 - SPARES_MIN);
         // Busy, it takes the rest and makes more; idle again, it gives its
         // extra files back to the reserve instead of deleting them.
-        std::fs::create_dir_all(s.deferred_dir()).unwrap();
+        let mut staged = Vec::new();
         for t in 0..50 {
-            s.write_deferred(Txid(1 + t), |w| {
-                std::io::Write::write_all(w, b"ltx").map_err(ltx_format::Error::from)
-            })
-            .unwrap();
+            let p = s
+                .write_deferred(Txid(1 + t), |w| {
+                    std::io::Write::write_all(w, b"ltx").map_err(ltx_format::Error::from)
+                })
+                .unwrap();
+            staged.extend(s.promote_deferred(&[(Txid(1 + t), &p)], false).unwrap());
         }
         let want = SPARES_MIN + 4 * 50;
         // Its budget (96 plus twice the files taken) is for files made.
         assert_eq!(s.refill_spares().unwrap(), SPARES_PER_REFILL + 2 * 50);
         assert_eq!(inodes(&reserve).len(), 0);
+        // The clean-up gives the staged files back to the pool, bytes and
+        // all.
+        for (t, p) in staged.iter().enumerate() {
+            let f = LocalFile {
+                level: 0,
+                min: Txid(1 + t as u64),
+                max: Txid(1 + t as u64),
+                path: p.clone(),
+            };
+            s.remove(&f).unwrap();
+        }
         let busy = inodes(&s.root().join("spare"));
         for _ in 0..100 {
             s.refill_spares().unwrap();
+        }
+        // What goes back to the reserve, which every database draws from,
+        // is emptied: no other database's recovery reads an L0 file there.
+        for e in std::fs::read_dir(&reserve).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                assert_eq!(e.metadata().unwrap().len(), 0, "{}", e.path().display());
+            }
         }
         let idle = inodes(&s.root().join("spare"));
         let back = inodes(&reserve);

@@ -117,11 +117,13 @@ impl MountEnv {
         format!("file://{}", self.replica.join(name).display())
     }
 
-    /// The TXID of its newest staged L0 file (0 if none), once the files
-    /// waiting in `deferred/` when called are staged: a rollback-journal
+    /// The TXID of its newest staged L0 file (0 if none), once the
+    /// deferred files waiting when called are staged: a rollback-journal
     /// commit is made durable with the database's fsync and staged by the
     /// flusher within 50 ms (waits at most 2 s: a file of a transaction
-    /// that never reached its commit point stays there).
+    /// that never reached its commit point stays there). A deferred file
+    /// lies in the spare pool (`spare/`) under a number until then; its
+    /// header names its TXID.
     pub fn txid(&self, name: &str) -> u64 {
         let newest = |dir: &str| {
             crate::ltx_files(&self.staging(name).join(dir))
@@ -133,7 +135,18 @@ impl MountEnv {
                 .max()
                 .unwrap_or(0)
         };
-        let waiting = newest("deferred");
+        let waiting = std::fs::read_dir(self.staging(name).join("spare"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let mut b = [0u8; ltx_format::HEADER_SIZE];
+                let mut f = std::fs::File::open(e.path()).ok()?;
+                std::io::Read::read_exact(&mut f, &mut b).ok()?;
+                Some(ltx_format::Header::decode(&b).ok()?.max_txid.0)
+            })
+            .max()
+            .unwrap_or(0);
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             let staged = newest("ltx/0");

@@ -152,8 +152,12 @@ impl SyncedBatch {
     /// hand-over covers those moved).
     pub fn run(mut self) -> Result<()> {
         if !self.files.is_empty() {
-            let txids: Vec<Txid> = self.files.iter().map(|s| s.txid).collect();
-            let paths = match self.staging.promote_deferred(&txids, true) {
+            let files: Vec<(Txid, &Path)> = self
+                .files
+                .iter()
+                .map(|s| (s.txid, s.path.as_path()))
+                .collect();
+            let paths = match self.staging.promote_deferred(&files, true) {
                 Ok(p) => p,
                 Err(e) => {
                     if e.is_fatal() {
@@ -754,8 +758,11 @@ impl DbCapture {
         let upto = n.checked_sub(1).map(|i| self.deferred[i].0.txid);
         if n > 0 {
             let synced = self.deferred[..n].iter().all(|&(_, synced)| synced);
-            let txids: Vec<Txid> = self.deferred[..n].iter().map(|(s, _)| s.txid).collect();
-            let paths = match self.staging.promote_deferred(&txids, synced) {
+            let files: Vec<(Txid, &Path)> = self.deferred[..n]
+                .iter()
+                .map(|(s, _)| (s.txid, s.path.as_path()))
+                .collect();
+            let paths = match self.staging.promote_deferred(&files, synced) {
                 Ok(p) => p,
                 Err(e) => {
                     // Those moved before the failure are handed over with

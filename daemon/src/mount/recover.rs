@@ -68,7 +68,9 @@ fn roll_back_hot_journal(db: &Path) -> Result<bool> {
 }
 
 /// Deferred files that survived a crash become staged files if they are
-/// whole and continue the chain; the rest are removed. `rolled_back`: the
+/// whole and continue the chain (the next TXID, and the checksum the file
+/// before ends at, where both files have checksums: a spare file's old
+/// bytes never pass for a new transaction); the rest are removed. `rolled_back`: the
 /// database, when a hot journal was just rolled back; then the last file,
 /// if it captured that very transaction at the database's fsync (its
 /// application died before the commit point), is no transaction.
@@ -77,17 +79,22 @@ fn promote_survivors(staging: &StagingDir, rolled_back: Option<&Path>) -> Result
     if deferred.is_empty() {
         return Ok(());
     }
-    let first = staging.newest()?.map_or(0, |f| f.max.0) + 1;
+    let newest = staging.newest()?;
+    let first = newest.as_ref().map_or(0, |f| f.max.0) + 1;
+    let mut post = newest.and_then(|f| post_apply_of(&f.path));
     let mut keep = Vec::new();
     for (next, f) in (first..).zip(&deferred) {
-        let ok = File::open(&f.path)
+        let summary = File::open(&f.path)
             .ok()
             .and_then(|r| ltx_format::verify(std::io::BufReader::new(r)).ok())
-            .is_some_and(|s| s.header.min_txid.0 == next);
-        if !ok {
-            break;
-        }
-        keep.push(f.max);
+            .filter(|s| {
+                let h = &s.header;
+                let chains = h.no_checksum() || post.is_none_or(|p| p == h.pre_apply_checksum);
+                h.min_txid.0 == next && chains
+            });
+        let Some(s) = summary else { break };
+        post = (!s.header.no_checksum()).then_some(s.trailer.post_apply_checksum);
+        keep.push((f.max, f.path.as_path()));
     }
     if let (Some(db), Some(last)) = (rolled_back, deferred.get(keep.len().wrapping_sub(1))) {
         if never_committed(db, &last.path)? {
@@ -102,6 +109,22 @@ fn promote_survivors(staging: &StagingDir, rolled_back: Option<&Path>) -> Result
             .map_err(|e| CaptureError::Staging(StagingError::io("remove", &f.path, e)))?;
     }
     Ok(())
+}
+
+/// The post-apply checksum in the trailer of the LTX file at `path`; None
+/// if it cannot be read or the file has none.
+fn post_apply_of(path: &Path) -> Option<ltx_format::Checksum> {
+    let f = File::open(path).ok()?;
+    let mut b = [0u8; ltx_format::HEADER_SIZE];
+    f.read_exact_at(&mut b, 0).ok()?;
+    if ltx_format::Header::decode(&b).ok()?.no_checksum() {
+        return None;
+    }
+    let len = f.metadata().ok()?.len();
+    let mut t = [0u8; ltx_format::TRAILER_SIZE];
+    let at = len.checked_sub(ltx_format::TRAILER_SIZE as u64)?;
+    f.read_exact_at(&mut t, at).ok()?;
+    Some(ltx_format::Trailer::decode(&t).post_apply_checksum)
 }
 
 /// Whether the rollback-journal capture at `file` holds a transaction that
