@@ -33,9 +33,11 @@
 //!   measured mostly when it ran. Each target's figure is its transactions
 //!   over its time; the spread of the per-round ratios is printed too. WAL
 //!   mode with `synchronous=NORMAL`, DELETE mode with `synchronous=FULL`.
-//!   Sluice's background work (flushing, uploading to the `file://`
-//!   replica) goes on into the bindfs slice after its pair of slices: a
-//!   bias in Sluice's favour, not measured. `--rounds 1` is the earlier order, each
+//!   Before each raw or bindfs slice the program waits until Sluice has
+//!   used no CPU for 200 ms (at most 5 s), so that Sluice's background
+//!   work (flushing, uploads to the `file://` replica, compaction) does
+//!   not run in another target's slice; on this VM a busy CPU makes
+//!   bindfs faster. `--rounds 1` is the earlier order, each
 //!   target's time in two halves. After the runs Sluice is stopped and the
 //!   TXIDs it staged are counted: every transaction must be one TXID
 //!   (capture really was on).
