@@ -637,3 +637,35 @@ fn a_wal_with_an_invalid_header_holds_no_commit_and_the_next_one_is_captured() {
     let out = e.staging.root().join("out.db");
     assert_eq!(restored(&e.staging, 2, &out), want);
 }
+
+#[test]
+fn a_spare_file_holding_another_chains_transaction_is_not_taken_for_a_deferred_file() {
+    let (e, _c) = env("WAL");
+    let cap = open(&e);
+    let at = cap.txid();
+    // Another database whose history starts at the same TXID, from other
+    // content.
+    let (e2, c2) = env("WAL");
+    c2.execute("INSERT INTO t(v) VALUES ('elsewhere')", [])
+        .unwrap();
+    let mut cap2 = open(&e2);
+    assert_eq!(cap2.txid(), at, "both chains start at the same TXID");
+    c2.execute("INSERT INTO t(v) VALUES ('x')", []).unwrap();
+    assert_eq!(cap2.wal_committed(false).unwrap(), 1);
+    let foreign = e2.staging.list_deferred().unwrap();
+    assert_eq!(foreign.len(), 1);
+    assert_eq!(foreign[0].max, Txid(at.0 + 1));
+    // Its bytes in this database's spare pool, under a spare's number: by
+    // its header, the next transaction.
+    let spare = e.staging.root().join("spare");
+    std::fs::create_dir_all(&spare).unwrap();
+    std::fs::copy(&foreign[0].path, spare.join("77")).unwrap();
+    assert_eq!(e.staging.list_deferred().unwrap().len(), 1);
+    // A restart does not take it: its pre-apply checksum is not where this
+    // chain ends.
+    drop(cap);
+    let cap = open(&e);
+    assert_eq!(cap.txid(), at, "the chain did not move");
+    assert!(e.staging.list_deferred().unwrap().is_empty());
+    assert!(!spare.join("77").exists(), "discarded");
+}
