@@ -616,22 +616,26 @@ fn pool_at(
 ) -> Arc<SparePool> {
     static POOLS: OnceLock<Mutex<std::collections::HashMap<PathBuf, Arc<SparePool>>>> =
         OnceLock::new();
-    let mut pools = POOLS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if let Some(p) = pools.get(&dir) {
+    let pools = || {
+        POOLS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    };
+    if let Some(p) = pools().get(&dir) {
         return p.clone();
     }
+    // Scanned without the lock, which every database's commits take: the
+    // scan reads the header of every file in the directory. If another
+    // thread got there first, its pool is the one.
     let p = Arc::new(SparePool::scan(dir.clone(), making, exclude()));
-    pools.insert(dir, p.clone());
-    p
+    pools().entry(dir).or_insert(p).clone()
 }
 
-/// Files ready to become deferred L0 files by a rename (see
-/// [`StagingDir::refill_spares`]): removed L0 files and empty files made
-/// ahead of need. Their content never matters: a reuse truncates those not
-/// known to be empty.
+/// Files ready to become deferred L0 files, written where they lie (see
+/// [`StagingDir::write_deferred`] and [`StagingDir::refill_spares`]):
+/// removed L0 files and empty files made ahead of need. Their content never
+/// matters: a reuse writes over it and cuts the file to its new length.
 #[derive(Debug)]
 struct SparePool {
     dir: PathBuf,
@@ -831,9 +835,11 @@ impl SparePool {
     }
 
     /// A new empty file in the pool's directory, not put in the pool: for
-    /// a deferred file when the pool is empty.
+    /// a deferred file when the pool is empty. (A name is taken only if
+    /// something else made files there; after 1,000 the error says so.)
     fn create(&self) -> io::Result<(Spare, File)> {
-        loop {
+        let mut taken = None;
+        for _ in 0..1000 {
             let path = self.dir.join(self.next_name().to_string());
             let f = OpenOptions::new()
                 .write(true)
@@ -848,10 +854,11 @@ impl SparePool {
                 });
             match f {
                 Ok(f) => return Ok((Spare { path, len: Some(0) }, f)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => taken = Some(e),
                 Err(e) => return Err(e),
             }
         }
+        Err(taken.unwrap_or_else(|| io::ErrorKind::AlreadyExists.into()))
     }
 
     fn put(&self, spare: Spare) {

@@ -40,6 +40,9 @@ pub struct Maintainer {
     covered: Vec<u64>,
     /// The bounds of the last local clean-up, per level (see `clean_local`).
     cleaned: Vec<u64>,
+    /// The newest TXID before which level 1 does not run early again (see
+    /// `tick`): set when an early run found nothing to merge.
+    early_retry: u64,
 }
 
 impl Maintainer {
@@ -67,6 +70,7 @@ impl Maintainer {
             last_level_run: vec![now; levels.len()],
             covered,
             cleaned: Vec::new(),
+            early_retry: 0,
             staging: staging.clone(),
             levels,
             top,
@@ -82,15 +86,20 @@ impl Maintainer {
         let mut out = Vec::new();
         let backlog = newest.saturating_sub(self.covered(1));
         for i in 0..self.levels.len() {
-            let early = i == 0 && backlog >= L0_BACKLOG;
+            let early = i == 0 && backlog >= L0_BACKLOG && newest >= self.early_retry;
             if early || self.last_level_run[i].elapsed() >= self.levels[i] {
-                if early {
-                    info!(backlog, "level 1 compaction ahead of its interval");
-                }
                 self.last_level_run[i] = Instant::now();
-                if let Some(p) = self.compact_level(i as u8 + 1)? {
-                    out.push(p);
+                let written = self.compact_level(i as u8 + 1)?;
+                match (early, &written) {
+                    (true, Some(_)) => {
+                        info!(backlog, "level 1 compaction ran ahead of its interval")
+                    }
+                    // Nothing to merge (a gap in L0): tried again on the
+                    // interval, or early once as many TXIDs more wait.
+                    (true, None) => self.early_retry = newest + L0_BACKLOG,
+                    _ => {}
                 }
+                out.extend(written);
             }
         }
         if self.last_snapshot.elapsed() >= self.snapshot_interval {
