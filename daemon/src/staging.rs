@@ -549,6 +549,18 @@ impl StagingDir {
         pool.make(want, SPARES_PER_REFILL + 2 * taken, SPARE_MAKING_TIME)
     }
 
+    /// Makes this directory's spare pool (if the process has none yet)
+    /// once recovery has promoted or removed every deferred file (see
+    /// `mount::recover`): every numbered file in `spare/` is a spare then,
+    /// and no header needs reading. Called at recovery, so that the first
+    /// commit after a restart does not read a header per spare file (65,536
+    /// files: 0.6 s warm, 5 s cold here).
+    pub fn spares_recovered(&self) {
+        pool_at(self.spare_dir(), self.root.join("spare-new"), || {
+            Some(std::collections::HashSet::new())
+        });
+    }
+
     /// The spare pool of this directory, shared by every `StagingDir` of
     /// the same root in the process; filled from `spare/` at first use.
     ///

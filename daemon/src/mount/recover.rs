@@ -77,6 +77,7 @@ fn roll_back_hot_journal(db: &Path) -> Result<bool> {
 fn promote_survivors(staging: &StagingDir, rolled_back: Option<&Path>) -> Result<()> {
     let deferred = staging.list_deferred()?;
     if deferred.is_empty() {
+        staging.spares_recovered();
         return Ok(());
     }
     let newest = staging.newest()?;
@@ -108,6 +109,7 @@ fn promote_survivors(staging: &StagingDir, rolled_back: Option<&Path>) -> Result
         std::fs::remove_file(&f.path)
             .map_err(|e| CaptureError::Staging(StagingError::io("remove", &f.path, e)))?;
     }
+    staging.spares_recovered();
     Ok(())
 }
 
