@@ -6,10 +6,13 @@
 //! <staging>/pending.ltx                   captured frames not yet in an L0 file
 //! <staging>/replica-<i>.json              upload progress of replica i (a hint)
 //! <staging>/tmp/                          re-encodings being uploaded
-//! <staging>/deferred/<txid>-<txid>.ltx    L0 files not yet fsynced (FUSE capture
-//!                                         of transactions SQLite did not sync)
+//! <staging>/spare/<n>                     the spare pool: files for deferred L0
+//!                                         files (FUSE capture), which are
+//!                                         written there, under the spare's
+//!                                         number, until the flusher moves them
+//!                                         into ltx/0 (see `write_deferred`)
+//! <staging>/deferred/<txid>-<txid>.ltx    deferred L0 files of older versions
 //! <staging>/drill/                        scratch copies of scheduled drills
-//! <staging>/spare/<n>                     files kept for reuse by deferred L0 files
 //! ```
 //!
 //! A mount's staging root also holds `.sluice-spares/<n>`, the reserve its
@@ -520,9 +523,9 @@ impl StagingDir {
     ///
     /// A file is made in `spare-new/` and then renamed into `spare/`: the
     /// creation holds its directory's lock for as long as ext4 scans for a
-    /// free inode (milliseconds after mass deletions), and a capture that
-    /// takes a spare renames it out of `spare/`, which needs that lock. Made
-    /// in `spare/` itself, every commit waited for the scan.
+    /// free inode (milliseconds after mass deletions), and the flusher's
+    /// promotions rename files out of `spare/`, which needs that lock. (A
+    /// commit that finds the pool empty makes its own file in `spare/`.)
     pub fn refill_spares(&self) -> Result<usize, StagingError> {
         let pool = self.spares();
         let reserve = self.reserve.as_deref().map(reserve_pool);
@@ -646,8 +649,10 @@ fn pool_at(
 
 /// Files ready to become deferred L0 files, written where they lie (see
 /// [`StagingDir::write_deferred`] and [`StagingDir::refill_spares`]):
-/// removed L0 files and empty files made ahead of need. Their content never
-/// matters: a reuse writes over it and cuts the file to its new length.
+/// removed L0 files and empty files made ahead of need. A reuse writes over
+/// a file's content and cuts it to its new length; what a removed L0 file
+/// holds is an older TXID, which recovery never takes for a deferred file
+/// (see [`StagingDir::list_deferred`]).
 #[derive(Debug)]
 struct SparePool {
     dir: PathBuf,
@@ -994,8 +999,6 @@ enum WriteMode {
     Create,
     /// Durable, replacing a file (local state that is never uploaded).
     Replace,
-    /// Renamed into place without an fsync (see `write_deferred`).
-    Unsynced,
 }
 
 fn write_file<F>(dir: &Path, name: &str, replace: bool, encode: F) -> Result<PathBuf, StagingError>
@@ -1031,21 +1034,14 @@ where
         .truncate(true)
         .open(&tmp)
         .map_err(|e| StagingError::io("cannot create", &tmp, e))?;
-    let written = write_all(&f, &tmp, encode).and_then(|()| {
-        if mode == WriteMode::Unsynced {
-            return Ok(());
-        }
-        fsync(&f, &tmp)
-    });
+    let written = write_all(&f, &tmp, encode).and_then(|()| fsync(&f, &tmp));
     if let Err(e) = written {
         // A full disk or a failed encode leaves nothing behind.
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
     std::fs::rename(&tmp, &path).map_err(|e| StagingError::io("rename", &tmp, e))?;
-    if mode != WriteMode::Unsynced {
-        fsync_dir(dir)?;
-    }
+    fsync_dir(dir)?;
     Ok(path)
 }
 
@@ -1321,8 +1317,7 @@ mod tests {
             .collect::<Vec<_>>();
         assert_eq!(kept.len(), SPARES_MIN - 4 + 1);
         assert!(kept.iter().all(|&n| n == 0), "{kept:?}");
-        // A spare a stop left half written is truncated when reused (and
-        // the deferred directory made on the way).
+        // A spare a stop left half written is truncated when reused.
         let third = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(third.path().join("spare")).unwrap();
         let stale = third.path().join("spare/7");

@@ -14,10 +14,12 @@
 //! the transaction (`synchronous=FULL` syncs the WAL at every commit; the
 //! rollback-journal modes sync the database file unless `synchronous=OFF`),
 //! the L0 file is fsynced and renamed into place before the commit point
-//! completes. Otherwise it is written without an fsync into a deferred
-//! directory, and a flusher makes a batch durable (one `syncfs`, then the
-//! renames and one directory fsync) before handing it to the pipeline, so
-//! nothing that is not durable is ever uploaded.
+//! completes. Otherwise it is written without an fsync as a deferred file
+//! (into a spare file of the staging directory's pool, see
+//! `StagingDir::write_deferred`), and a flusher makes a batch durable (one
+//! `syncfs`, then the renames into `ltx/0` and one directory fsync) before
+//! handing it to the pipeline, so nothing that is not durable is ever
+//! uploaded.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -71,7 +73,7 @@ pub struct DbCapture {
     last_post: Checksum,
     /// The WAL generation and the cursor after the last captured commit.
     wal: Option<(WalHeader, WalCursor)>,
-    /// L0 files in the deferred directory, not yet handed over; the flag
+    /// Deferred L0 files, not yet handed over; the flag
     /// says whether the file is already durable (written at the database's
     /// fsync, see [`DbCapture::database_syncing`]).
     deferred: Vec<(StagedL0, bool)>,
@@ -80,10 +82,9 @@ pub struct DbCapture {
     early: Option<Early>,
     /// A rollback-journal transaction captured at its commit point whose
     /// journal invalidation is not known to be done
-    /// ([`DbCapture::journal_invalidated`]): until then its file stays in
-    /// the deferred directory, where recovery drops it if the journal is
-    /// still hot (the transaction never committed), and no position hint
-    /// names it.
+    /// ([`DbCapture::journal_invalidated`]): until then its file stays a
+    /// deferred file, which recovery drops if the journal is still hot (the
+    /// transaction never committed), and no position hint names it.
     committing: Option<Txid>,
     /// The position hint is behind: written by the flusher, not at every
     /// commit (recovery takes the newest staged file over an older hint).
@@ -208,7 +209,7 @@ struct Built {
 }
 
 /// A transaction captured at the database's fsync before its commit point:
-/// its L0 file is durable in the deferred directory.
+/// its L0 file is durable, a deferred file.
 struct Early {
     /// The database's write count when it was captured.
     writes: u64,
@@ -322,6 +323,14 @@ impl DbCapture {
     /// history (a full-page file if it does not continue it).
     pub fn reopen(mut self) -> Result<DbCapture> {
         self.flush()?;
+        // What the flush could not hand over belongs to the file that was
+        // replaced (a transaction whose journal invalidation never came).
+        if let Some(e) = self.early.take() {
+            remove_early(&e);
+        }
+        for (s, _) in self.deferred.drain(..) {
+            remove_unused(&s.path);
+        }
         warn!(db = %self.db.display(), "the database file was replaced; re-reading it");
         super::recover::open_capture(&self.db, &self.staging, self.handoff.clone(), false)
     }
@@ -529,7 +538,10 @@ impl DbCapture {
         let same_fs = *self
             .staging_on_db_fs
             .get_or_insert_with(|| self.staging.on_fs_of(&self.db_file));
-        let synced = self.staging.sync_deferred(&path, &self.db_file, same_fs)?;
+        let synced = self
+            .staging
+            .sync_deferred(&path, &self.db_file, same_fs)
+            .inspect_err(|_| remove_unused(&path))?;
         self.early = Some(Early {
             writes,
             built: b,
@@ -680,7 +692,9 @@ impl DbCapture {
             self.staging.write_deferred(b.txid, encode)?
         };
         if durable && !direct {
-            self.staging.sync_deferred(&path, &self.db_file, false)?;
+            self.staging
+                .sync_deferred(&path, &self.db_file, false)
+                .inspect_err(|_| remove_unused(&path))?;
         }
         let staged = self.advance(b, path);
         if wal.is_some() {
@@ -926,9 +940,16 @@ fn write_position(db: &Path, staging: &StagingDir, pos: &Position) {
 /// Removes the file of a transaction captured early that did not commit as
 /// captured.
 fn remove_early(e: &Early) {
-    if let Err(err) = std::fs::remove_file(&e.path) {
+    remove_unused(&e.path);
+}
+
+/// Removes a deferred file that will never be handed over. Left in the
+/// spare pool's directory, it would hold its TXID after another file took
+/// that TXID, and a recovery could not tell the two apart.
+fn remove_unused(path: &Path) {
+    if let Err(err) = std::fs::remove_file(path) {
         if err.kind() != std::io::ErrorKind::NotFound {
-            warn!(file = %e.path.display(), "cannot remove an early capture: {err}");
+            warn!(file = %path.display(), "cannot remove an unused capture: {err}");
         }
     }
 }

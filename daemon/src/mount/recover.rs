@@ -68,21 +68,39 @@ fn roll_back_hot_journal(db: &Path) -> Result<bool> {
 }
 
 /// Deferred files that survived a crash become staged files if they are
-/// whole and continue the chain (the next TXID, and the checksum the file
-/// before ends at, where both files have checksums: a spare file's old
-/// bytes never pass for a new transaction); the rest are removed. `rolled_back`: the
+/// whole and continue the chain: the next TXID, and the checksum the file
+/// before ends at (unless either has none; a staged file whose trailer
+/// cannot be read continues nothing). The chain stops before a TXID that
+/// two files claim: one of them never committed, and which cannot be told.
+/// The rest are removed (and recovery's check of the position against the
+/// database then writes a full file if the database is ahead). `rolled_back`: the
 /// database, when a hot journal was just rolled back; then the last file,
 /// if it captured that very transaction at the database's fsync (its
 /// application died before the commit point), is no transaction.
 fn promote_survivors(staging: &StagingDir, rolled_back: Option<&Path>) -> Result<()> {
-    let deferred = staging.list_deferred()?;
+    let mut deferred = staging.list_deferred()?;
     if deferred.is_empty() {
         staging.spares_recovered();
         return Ok(());
     }
+    if let Some(i) = deferred.windows(2).position(|w| w[0].max == w[1].max) {
+        warn!(txid = %deferred[i].max, "two deferred files hold the same TXID; the chain stops before it");
+        deferred.truncate(i);
+    }
     let newest = staging.newest()?;
     let first = newest.as_ref().map_or(0, |f| f.max.0) + 1;
-    let mut post = newest.and_then(|f| post_apply_of(&f.path));
+    // Where the chain ends: None for a file without a checksum.
+    let mut post = match &newest {
+        Some(f) => match post_apply_of(&f.path) {
+            Some(p) => p,
+            None => {
+                warn!(file = %f.path.display(), "cannot read the newest staged file's trailer; no deferred file is taken");
+                deferred.clear();
+                None
+            }
+        },
+        None => None,
+    };
     let mut keep = Vec::new();
     for (next, f) in (first..).zip(&deferred) {
         let summary = File::open(&f.path)
@@ -113,20 +131,20 @@ fn promote_survivors(staging: &StagingDir, rolled_back: Option<&Path>) -> Result
     Ok(())
 }
 
-/// The post-apply checksum in the trailer of the LTX file at `path`; None
-/// if it cannot be read or the file has none.
-fn post_apply_of(path: &Path) -> Option<ltx_format::Checksum> {
+/// The post-apply checksum in the trailer of the LTX file at `path`:
+/// `Some(None)` if the file has none, None if it cannot be read.
+fn post_apply_of(path: &Path) -> Option<Option<Checksum>> {
     let f = File::open(path).ok()?;
     let mut b = [0u8; ltx_format::HEADER_SIZE];
     f.read_exact_at(&mut b, 0).ok()?;
     if ltx_format::Header::decode(&b).ok()?.no_checksum() {
-        return None;
+        return Some(None);
     }
     let len = f.metadata().ok()?.len();
     let mut t = [0u8; ltx_format::TRAILER_SIZE];
     let at = len.checked_sub(ltx_format::TRAILER_SIZE as u64)?;
     f.read_exact_at(&mut t, at).ok()?;
-    Some(ltx_format::Trailer::decode(&t).post_apply_checksum)
+    Some(Some(ltx_format::Trailer::decode(&t).post_apply_checksum))
 }
 
 /// Whether the rollback-journal capture at `file` holds a transaction that

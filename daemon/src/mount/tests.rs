@@ -669,3 +669,32 @@ fn a_spare_file_holding_another_chains_transaction_is_not_taken_for_a_deferred_f
     assert!(e.staging.list_deferred().unwrap().is_empty());
     assert!(!spare.join("77").exists(), "discarded");
 }
+
+#[test]
+fn two_deferred_files_of_one_txid_are_both_dropped_at_recovery() {
+    let (e, c) = env("WAL");
+    let mut cap = open(&e);
+    let at = cap.txid();
+    c.execute("INSERT INTO t(v) VALUES ('a')", []).unwrap();
+    assert_eq!(cap.wal_committed(false).unwrap(), 1);
+    let d = e.staging.list_deferred().unwrap();
+    assert_eq!(d.len(), 1);
+    let bytes = std::fs::read(&d[0].path).unwrap();
+    // A second file claiming the same TXID (a capture left behind by a
+    // failure): which one committed cannot be told.
+    let twin = e.staging.root().join("spare").join("99999");
+    std::fs::write(&twin, &bytes).unwrap();
+    drop(cap);
+    let cap = open(&e);
+    assert!(e.staging.list_deferred().unwrap().is_empty());
+    assert!(!twin.exists() && !d[0].path.exists(), "both removed");
+    // The database is ahead of the chain: recovery wrote a full file for
+    // it, not either capture.
+    let next = e.staging.ltx_path(0, Txid(at.0 + 1), Txid(at.0 + 1));
+    assert_eq!(cap.txid(), Txid(at.0 + 1));
+    assert_ne!(std::fs::read(&next).unwrap(), bytes);
+    assert_eq!(
+        restored(&e.staging, at.0 + 1, &e.db.with_extension("out")),
+        state(&e.db)
+    );
+}

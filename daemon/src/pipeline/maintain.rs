@@ -150,6 +150,10 @@ impl Maintainer {
         for f in inputs {
             no_checksum |= read_header(f)?.no_checksum();
         }
+        // One merge at a time in the process: each opens up to a quarter
+        // of the open-file limit (see `fan_in`), and busy databases reach
+        // their early level-1 runs together.
+        let _one = MERGING.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
         let scratch = Scratch::new(self.staging.root().join("compact"));
         let path = self.staging.write_ltx(level, min, max, |w| {
@@ -299,15 +303,19 @@ impl Maintainer {
 /// The L0 TXIDs that make a level-1 compaction due before its interval.
 /// A mount stages one L0 file per transaction, and an L0 file is removed
 /// (given back to the spare pool, see [`StagingDir::remove`]) only once a
-/// level-1 file covers it: on the 30 s default interval, a mount taking
-/// 4,000 commits a second would hold 120,000 L0 files, and need as many
-/// inodes; on ext4 right after mass deletions a new inode costs a commit
-/// up to a millisecond. Compacting every 4,096 TXIDs keeps the files in
-/// circulation within the mount's reserve of spares
-/// ([`crate::staging::RESERVE_SIZE`], twice this), at the price of one
+/// level-1 file covers it (and every replica has it): on the 30 s default
+/// interval, a mount taking 4,000 commits a second would hold 120,000 L0
+/// files, and need as many inodes; on ext4 right after mass deletions a
+/// new inode costs a commit up to a millisecond. Compacting every 4,096
+/// TXIDs gives the files back to the database's pool within seconds, while
+/// the mount's reserve of spares ([`crate::staging::RESERVE_SIZE`], twice
+/// this) covers the ones in flight, at the price of one
 /// level-1 object per 4,096 transactions under such a load (the WAL
 /// watcher, one TXID per sync, seldom gets there).
 pub const L0_BACKLOG: u64 = 4096;
+
+/// Held by the merge that runs: one at a time in the process.
+static MERGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The most files a merge reads at once. An L1 merge of a busy mount covers
 /// one L0 file per transaction of its interval (thousands), far beyond the
@@ -318,7 +326,7 @@ const FAN_IN: usize = 256;
 
 /// Files a merge reads at once: [`FAN_IN`], or a quarter of the process's
 /// limit on open files if that is lower (at least 8), leaving the rest to
-/// capture, uploads and FUSE.
+/// capture, uploads and FUSE (merges run one at a time, see [`MERGING`]).
 fn fan_in() -> usize {
     use nix::sys::resource::{getrlimit, Resource};
     let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
