@@ -17,17 +17,16 @@
 //! could not run (bad input, a store that does not answer). The scratch
 //! directory is removed on every path unless the database is to be kept.
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use ltx_format::{Checksum, Header, Trailer, Txid, HEADER_SIZE, TRAILER_SIZE};
+use ltx_format::{Checksum, Txid};
 use restore::{FileInfo, IntegrityCheck, Options, Plan, Progress, RestoreError, Target, Verify};
 use s3_backend::retry::{RetryPolicy, Shutdown};
 use s3_backend::{ReplicaStore, ReplicaUrl};
 
-use crate::staging::StagingDir;
+use crate::staging::{read_ends, StagingDir};
 use crate::state::read_json;
 use crate::wal::position::Position;
 
@@ -626,19 +625,6 @@ fn read_primary(
         at_restored,
         oldest_unreplicated_ms: oldest,
     })
-}
-
-/// The header and trailer of a staged LTX file (unverified: a damaged file
-/// can only make the comparison fail, never pass).
-fn read_ends(path: &Path) -> Option<(Header, Trailer)> {
-    let f = std::fs::File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    let mut h = [0u8; HEADER_SIZE];
-    let mut t = [0u8; TRAILER_SIZE];
-    f.read_exact_at(&mut h, 0).ok()?;
-    f.read_exact_at(&mut t, len.checked_sub(TRAILER_SIZE as u64)?)
-        .ok()?;
-    Some((Header::decode(&h).ok()?, Trailer::decode(&t)))
 }
 
 fn compare_with_primary(primary: Option<&PrimaryState>, r: &mut DrillReport) {

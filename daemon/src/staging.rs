@@ -758,26 +758,14 @@ impl SparePool {
             match reserve {
                 // One that cannot move stays in this pool. The reserve
                 // serves every database of the mount: a file goes there
-                // empty, never with an L0 file of this database that
-                // another's recovery would read as its own.
-                Some(r) if r.len() < RESERVE_SIZE => {
-                    let emptied = s.len == Some(0)
-                        || OpenOptions::new()
-                            .write(true)
-                            .truncate(true)
-                            .open(&s.path)
-                            .is_ok();
-                    if emptied {
-                        r.adopt(
-                            Spare {
-                                path: s.path,
-                                len: Some(0),
-                            },
-                            self,
-                        );
-                    } else {
-                        let _ = std::fs::remove_file(&s.path);
-                    }
+                // empty (or not at all), never with an L0 file of this
+                // database that another's recovery would read as its own.
+                Some(r) if r.len() < RESERVE_SIZE && (s.len == Some(0) || empty_spare(&s.path)) => {
+                    let empty = Spare {
+                        path: s.path,
+                        len: Some(0),
+                    };
+                    r.adopt(empty, self);
                 }
                 _ => {
                     let _ = std::fs::remove_file(&s.path);
@@ -922,14 +910,12 @@ impl SparePool {
         }
         let len = match std::fs::metadata(&to) {
             Ok(m) if m.len() <= SPARE_BLOCKS_KEPT => Some(m.len()),
+            _ if empty_spare(&to) => Some(0),
             _ => {
-                let emptied = OpenOptions::new().write(true).truncate(true).open(&to);
-                if emptied.is_err() {
-                    // Still a valid spare (a reuse truncates); it only
-                    // holds blocks.
-                    debug!(file = %to.display(), "cannot empty a spare file");
-                }
-                emptied.ok().map(|_| 0)
+                // Still a valid spare (a reuse truncates); it only holds
+                // blocks.
+                debug!(file = %to.display(), "cannot empty a spare file");
+                None
             }
         };
         self.put(Spare { path: to, len });
@@ -1057,6 +1043,31 @@ fn cut_at_end(f: &File, path: &Path, old: u64) -> Result<(), StagingError> {
             .map_err(|e| StagingError::io("truncate", path, e))?;
     }
     Ok(())
+}
+
+/// The header and trailer of the LTX file at `path`, unverified (a damaged
+/// file can only make a comparison with them fail); None if they cannot be
+/// read.
+pub fn read_ends(path: &Path) -> Option<(ltx_format::Header, ltx_format::Trailer)> {
+    use ltx_format::{Header, Trailer, HEADER_SIZE, TRAILER_SIZE};
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let mut h = [0u8; HEADER_SIZE];
+    let mut t = [0u8; TRAILER_SIZE];
+    f.read_exact_at(&mut h, 0).ok()?;
+    f.read_exact_at(&mut t, len.checked_sub(TRAILER_SIZE as u64)?)
+        .ok()?;
+    Some((Header::decode(&h).ok()?, Trailer::decode(&t)))
+}
+
+/// Empties the file at `path` (a spare); false if it cannot.
+fn empty_spare(path: &Path) -> bool {
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .is_ok()
 }
 
 /// The entries of `dir`, none if it does not exist.

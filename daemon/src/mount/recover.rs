@@ -78,14 +78,16 @@ fn roll_back_hot_journal(db: &Path) -> Result<bool> {
 /// if it captured that very transaction at the database's fsync (its
 /// application died before the commit point), is no transaction.
 fn promote_survivors(staging: &StagingDir, rolled_back: Option<&Path>) -> Result<()> {
-    let mut deferred = staging.list_deferred()?;
+    let deferred = staging.list_deferred()?;
     if deferred.is_empty() {
         staging.spares_recovered();
         return Ok(());
     }
+    // The files the chain may take: those before a TXID claimed twice.
+    let mut candidates = deferred.len();
     if let Some(i) = deferred.windows(2).position(|w| w[0].max == w[1].max) {
         warn!(txid = %deferred[i].max, "two deferred files hold the same TXID; the chain stops before it");
-        deferred.truncate(i);
+        candidates = i;
     }
     let newest = staging.newest()?;
     let first = newest.as_ref().map_or(0, |f| f.max.0) + 1;
@@ -95,14 +97,14 @@ fn promote_survivors(staging: &StagingDir, rolled_back: Option<&Path>) -> Result
             Some(p) => p,
             None => {
                 warn!(file = %f.path.display(), "cannot read the newest staged file's trailer; no deferred file is taken");
-                deferred.clear();
+                candidates = 0;
                 None
             }
         },
         None => None,
     };
     let mut keep = Vec::new();
-    for (next, f) in (first..).zip(&deferred) {
+    for (next, f) in (first..).zip(&deferred[..candidates]) {
         let summary = File::open(&f.path)
             .ok()
             .and_then(|r| ltx_format::verify(std::io::BufReader::new(r)).ok())
@@ -122,7 +124,7 @@ fn promote_survivors(staging: &StagingDir, rolled_back: Option<&Path>) -> Result
         }
     }
     staging.promote_deferred(&keep, false)?;
-    for f in staging.list_deferred()? {
+    for f in &deferred[keep.len()..] {
         warn!(file = %f.path.display(), "discarding a deferred file that does not continue the chain");
         std::fs::remove_file(&f.path)
             .map_err(|e| CaptureError::Staging(StagingError::io("remove", &f.path, e)))?;
@@ -134,17 +136,8 @@ fn promote_survivors(staging: &StagingDir, rolled_back: Option<&Path>) -> Result
 /// The post-apply checksum in the trailer of the LTX file at `path`:
 /// `Some(None)` if the file has none, None if it cannot be read.
 fn post_apply_of(path: &Path) -> Option<Option<Checksum>> {
-    let f = File::open(path).ok()?;
-    let mut b = [0u8; ltx_format::HEADER_SIZE];
-    f.read_exact_at(&mut b, 0).ok()?;
-    if ltx_format::Header::decode(&b).ok()?.no_checksum() {
-        return Some(None);
-    }
-    let len = f.metadata().ok()?.len();
-    let mut t = [0u8; ltx_format::TRAILER_SIZE];
-    let at = len.checked_sub(ltx_format::TRAILER_SIZE as u64)?;
-    f.read_exact_at(&mut t, at).ok()?;
-    Some(Some(ltx_format::Trailer::decode(&t).post_apply_checksum))
+    let (h, t) = crate::staging::read_ends(path)?;
+    Some((!h.no_checksum()).then_some(t.post_apply_checksum))
 }
 
 /// Whether the rollback-journal capture at `file` holds a transaction that
